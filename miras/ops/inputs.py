@@ -1,0 +1,49 @@
+"""Random but realistic op inputs (normalized q/k, bounded gates): for tests, demos and benchmarks."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..spec import MirasSpec
+from .state import MemoryState, initial_state
+
+
+def random_inputs(spec: MirasSpec, batch: int = 2, seqlen: int = 16, heads: int = 2, d_k: int = 8, d_v: int | None = None,
+                  dtype: torch.dtype = torch.float64, seed: int = 0, requires_grad: bool = False
+                  ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor], MemoryState]:
+    """q, k [B, T, H, d_k] (unit norm), v [B, T, H, d_v], the spec's gates, and a start state with a
+    random W0 (and random momentum) so that every gradient path is exercised.
+
+    With requires_grad, q, k, v, the gates and the state's tensors are leaves that require grad.
+    """
+    d_v = d_v or d_k
+    gen = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=dtype)  # noqa: E731
+    q = F.normalize(rand(batch, seqlen, heads, d_k), dim=-1)
+    k = F.normalize(rand(batch, seqlen, heads, d_k), dim=-1)
+    v = rand(batch, seqlen, heads, d_v)
+    deep = hasattr(spec.memory, "init_state") and not spec.memory.is_matrix
+    gates = {}
+    if "lr" in spec.gates:
+        gates["lr"] = (0.5 if deep else 1.0) * torch.sigmoid(rand(batch, seqlen, heads))
+    if "log_alpha" in spec.gates:
+        shape = (batch, seqlen, heads, d_k) if spec.retention.per_channel else (batch, seqlen, heads)
+        gates["log_alpha"] = F.logsigmoid(rand(*shape) + 3.0)
+    if "beta" in spec.gates:
+        gates["beta"] = 0.9 * torch.sigmoid(rand(batch, seqlen, heads))
+    if "delta" in spec.gates:
+        gates["delta"] = F.softplus(rand(batch, seqlen, heads)) + 0.5
+    if deep:
+        W0 = {n: w.to(dtype) for n, w in spec.memory.init_state(heads, d_k, d_v, generator=gen).items()}
+        state = initial_state(spec, batch, W0)
+    else:
+        state = initial_state(spec, batch, heads=heads, d_k=d_k, d_v=d_v, dtype=dtype)
+        if "W1" in state.A:
+            state.A["W1"] = 0.1 * rand(*state.A["W1"].shape)
+    if state.S is not None:
+        state.S = {n: 0.01 * rand(*s.shape) for n, s in state.S.items()}
+    if requires_grad:
+        for t in [q, k, v, *gates.values(), *state.A.values(), *(state.S or {}).values()]:
+            t.requires_grad_(True)
+    return q, k, v, gates, state

@@ -1,0 +1,102 @@
+"""The token-by-token recurrence of the MIRAS design space: THE spec every fast path must equal.
+
+Per head, with W = boundary(A) the memory that is read and differentiated (docs/design-space.md):
+
+    g_t = grad_W l(M_W(k_t), v_t) at W = anchor   (anchor = boundary(A) at the start of t's chunk)
+    S_t = beta_t S_{t-1} - eta_t g_t              (S_t = -eta_t g_t without momentum)
+    A_t = alpha_t A_{t-1} + S_t
+    y_t = M_{boundary(A_t)}(q_t)
+
+Exact delta rule: W_t = alpha_t W_{t-1} (I - eta_t k_t k_t^T) + eta_t v_t k_t^T, y_t = W_t q_t.
+Attention: y_t = softmax(q_t K_{<=t}^T / sqrt(d_k)) V_{<=t}.
+Short and slow on purpose: a Python loop over tokens, float64-capable, differentiable throughout.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..spec import MirasSpec, optim
+from .state import MemoryState, check_inputs, initial_state
+
+
+def recurrent_reference(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor] | None = None,
+                        state: MemoryState | None = None) -> tuple[Tensor, MemoryState]:
+    """q, k: [B, T, H, d_k]; v: [B, T, H, d_v]; gates: name -> [B, T, H] (see spec.gates).
+
+    state: the MemoryState to start from (None: zeros, matrix memories and attention only).
+    Returns y [B, T, H, d_v] (in q's dtype; computed in at least float32) and the final state.
+    """
+    gates = gates or {}
+    check_inputs(spec, q, k, v, gates)
+    B, T, H, d_k = k.shape
+    if state is None:
+        state = initial_state(spec, B, heads=H, d_k=d_k, d_v=v.shape[-1], dtype=q.dtype, device=q.device)
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    gates = {n: g.to(dtype) for n, g in gates.items()}
+    if isinstance(spec.algorithm, optim.NonParametric):
+        y, state = _attention(q, k, v, state)
+    elif isinstance(spec.algorithm, optim.Delta):
+        y, state = _delta_rule(spec, q, k, v, gates, state)
+    else:
+        y, state = _online_gd(spec, q, k, v, gates, state)
+    return y, state
+
+
+def _online_gd(spec, q, k, v, gates, state):
+    memory, bias, retention = spec.memory, spec.bias, spec.retention
+    A = {n: a.to(q.dtype) for n, a in state.A.items()}
+    S = None if state.S is None else {n: s.to(q.dtype) for n, s in state.S.items()}
+    anchor, offset = state.anchor, state.offset
+    ys = []
+    for t in range(k.shape[1]):
+        if offset == 0:
+            anchor = retention.boundary(A)
+        k_t, v_t, q_t = (x[:, t].unsqueeze(2) for x in (k, v, q))          # [B, H, 1, d]
+        delta_t = gates["delta"][:, t].unsqueeze(-1) if "delta" in gates else None
+        dpred = bias.grad(memory(anchor, k_t), v_t, delta_t)
+        g = {n: gt.squeeze(2) for n, gt in memory.grads(anchor, k_t, dpred).items()}
+        eta = gates["lr"][:, t, :, None, None]
+        if S is None:
+            step = {n: -eta * g[n] for n in A}
+        else:
+            beta = gates["beta"][:, t, :, None, None]
+            S = step = {n: beta * S[n] - eta * g[n] for n in A}
+        if "log_alpha" in gates:
+            la = gates["log_alpha"][:, t]
+            alpha = torch.exp(la)[:, :, None, :] if la.dim() == 3 else torch.exp(la)[:, :, None, None]
+            A = {n: alpha * A[n] + step[n] for n in A}
+        else:
+            A = {n: A[n] + step[n] for n in A}
+        offset = (offset + 1) % spec.chunk_size
+        ys.append(memory(retention.boundary(A), q_t).squeeze(2))
+    y = torch.stack(ys, dim=1) if ys else v.new_zeros(v.shape)
+    return y, MemoryState(A, S, anchor if offset else None, offset)
+
+
+def _delta_rule(spec, q, k, v, gates, state):
+    W = state.A["W1"].to(q.dtype)                                         # [B, H, d_v, d_k]
+    ys = []
+    for t in range(k.shape[1]):
+        if "log_alpha" in gates:
+            W = torch.exp(gates["log_alpha"][:, t])[:, :, None, None] * W
+        k_t, v_t = k[:, t], v[:, t]                                        # [B, H, d]
+        err = torch.einsum("bhvk,bhk->bhv", W, k_t) - v_t
+        W = W - gates["lr"][:, t, :, None, None] * torch.einsum("bhv,bhk->bhvk", err, k_t)
+        ys.append(torch.einsum("bhvk,bhk->bhv", W, q[:, t]))
+    y = torch.stack(ys, dim=1) if ys else v.new_zeros(v.shape)
+    return y, MemoryState({"W1": W})
+
+
+def _attention(q, k, v, state):
+    keys = torch.cat([state.A["k"].to(q.dtype), k.transpose(1, 2)], dim=2)     # [B, H, n + T, d_k]
+    values = torch.cat([state.A["v"].to(q.dtype), v.transpose(1, 2)], dim=2)
+    n, T = state.A["k"].shape[2], q.shape[1]
+    scores = torch.einsum("bthd,bhsd->bhts", q, keys) / math.sqrt(q.shape[-1])
+    causal = torch.ones(T, n + T, dtype=torch.bool, device=q.device).tril(diagonal=n)
+    scores = scores.masked_fill(~causal, float("-inf"))
+    y = torch.einsum("bhts,bhsd->bthd", torch.softmax(scores, dim=-1), values)
+    return y, MemoryState({"k": keys, "v": values})

@@ -1,0 +1,76 @@
+"""The recurrent state every op takes and returns, and the checks on gate tensors."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..spec import MirasSpec
+from ..spec.errors import require
+from ..spec.memory import NonParametric
+
+
+@dataclass
+class MemoryState:
+    """What a memory layer carries from one call to the next, per batch row and head.
+
+    A: the accumulator, name -> [B, H, out, in] (for attention: the KV cache, "k"/"v" -> [B, H, n, d]).
+    S: the momentum, same shapes as A, or None without momentum.
+    anchor: the memory at which the open chunk's gradients are taken (None at a chunk boundary,
+        where it is boundary(A)); needed to continue a chunk across calls.
+    offset: tokens already in the open chunk, in [0, chunk_size).
+    """
+
+    A: dict[str, Tensor]
+    S: dict[str, Tensor] | None = None
+    anchor: dict[str, Tensor] | None = None
+    offset: int = 0
+
+    def tensors(self) -> dict[str, Tensor]:
+        """Flat name -> tensor view (for comparisons and saving)."""
+        out = {f"A.{n}": t for n, t in self.A.items()}
+        for prefix, group in (("S", self.S), ("anchor", self.anchor)):
+            out.update({f"{prefix}.{n}": t for n, t in (group or {}).items()})
+        return out
+
+
+def initial_state(spec: MirasSpec, batch: int, W0: dict[str, Tensor] | None = None, *, heads: int | None = None,
+                  d_k: int | None = None, d_v: int | None = None, dtype=torch.float32, device=None) -> MemoryState:
+    """The state before the first token: W0 ([H, out, in] or [B, H, out, in]) broadcast over the batch,
+    zero momentum. Without W0 a matrix memory starts at zero (heads, d_k, d_v needed)."""
+    if isinstance(spec.memory, NonParametric):
+        shape = (batch, heads, 0)
+        return MemoryState({"k": torch.zeros(*shape, d_k, dtype=dtype, device=device),
+                            "v": torch.zeros(*shape, d_v, dtype=dtype, device=device)})
+    if W0 is None:
+        require(spec.memory.is_matrix, "W0", None, "a dict of [H, out, in] tensors for a deep memory",
+                "pass W0=spec.memory.init_state(heads, d_k, d_v) or a layer's learnable W0")
+        W0 = {n: torch.zeros(heads, o, i, dtype=dtype, device=device)
+              for n, (o, i) in spec.memory.shapes(d_k, d_v).items()}
+    A = {n: (w if w.dim() == 4 else w.unsqueeze(0).expand(batch, *w.shape)) for n, w in W0.items()}
+    S = {n: torch.zeros_like(a) for n, a in A.items()} if spec.algorithm.momentum else None
+    return MemoryState(A, S)
+
+
+def check_inputs(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor]) -> None:
+    """Shapes of q, k, v and presence, shape and range of every gate the spec reads."""
+    require(q.dim() == 4 and q.shape == k.shape, "q/k shape", (tuple(q.shape), tuple(k.shape)),
+            "equal [B, T, H, d_k]", "pass heads as the third dim")
+    require(v.dim() == 4 and v.shape[:3] == k.shape[:3], "v shape", tuple(v.shape),
+            f"[B, T, H, d_v] with B, T, H = {tuple(k.shape[:3])}")
+    B, T, H, d_k = k.shape
+    for name in spec.gates:
+        require(name in gates, f"gates.{name}", None, f"a tensor; this spec reads {spec.gates}")
+        g = gates[name]
+        per_channel = name == "log_alpha" and spec.retention.per_channel
+        want = (B, T, H, d_k) if per_channel else (B, T, H)
+        require(tuple(g.shape) == want, f"gates.{name}.shape", tuple(g.shape), f"{want}")
+        if g.numel() == 0:
+            continue
+        lo, hi = g.min().item(), g.max().item()
+        ranges = {"lr": (lo >= 0, "lr >= 0"), "log_alpha": (hi <= 0 and lo > -float("inf"), "log_alpha in (-inf, 0]"),
+                  "beta": (lo >= 0 and hi < 1, "beta in [0, 1)"), "delta": (lo > 0, "delta > 0")}
+        ok, allowed = ranges[name]
+        require(ok and g.isfinite().all().item(), f"gates.{name}", f"[{lo:.4g}, {hi:.4g}]", allowed,
+                "bound the gate with softplus / sigmoid / logsigmoid in the layer")

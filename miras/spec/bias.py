@@ -1,0 +1,145 @@
+"""Attentional biases: the loss l(M(k), v) the memory minimizes at test time.
+
+Each bias gives a per-token loss and its closed-form gradient with respect to the prediction
+(r = pred - v is the residual), both over the last dim:
+
+    pred, v: [..., d_v]   (delta: [...], Huber's data-dependent threshold)
+    loss -> [...]         grad -> [..., d_v]
+
+`grad` is exactly d loss / d pred of the *smoothed* loss below (tests check it with autograd), so
+the loss that is reported and the gradient the memory steps on never disagree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .errors import require
+
+
+def smooth_abs(r: Tensor, eps: float) -> Tensor:
+    """sqrt(r^2 + eps): |r| with a smooth minimum."""
+    return torch.sqrt(r * r + eps)
+
+
+@dataclass(frozen=True)
+class DotProduct:
+    """l = -<M(k), v>; the gradient -v does not depend on the memory (linear attention, SSD)."""
+
+    name: str = "dot"
+    needs_delta: bool = False
+
+    def describe(self) -> str:
+        return "-<M(k), v>"
+
+    def loss(self, pred: Tensor, v: Tensor, delta: Tensor | None = None) -> Tensor:
+        return -(pred * v).sum(-1)
+
+    def grad(self, pred: Tensor, v: Tensor, delta: Tensor | None = None) -> Tensor:
+        return -v.expand_as(pred)
+
+
+@dataclass(frozen=True)
+class L2:
+    """l = ||M(k) - v||^2 (gradient 2r). The exact delta rule steps on half of it."""
+
+    name: str = "l2"
+    needs_delta: bool = False
+
+    def describe(self) -> str:
+        return "||M(k) - v||^2"
+
+    def loss(self, pred: Tensor, v: Tensor, delta: Tensor | None = None) -> Tensor:
+        return (pred - v).pow(2).sum(-1)
+
+    def grad(self, pred: Tensor, v: Tensor, delta: Tensor | None = None) -> Tensor:
+        return 2.0 * (pred - v)
+
+
+@dataclass(frozen=True)
+class Lp:
+    """l = sum_i (r_i^2 + eps)^(p/2), the smoothed ||r||_p^p (Moneta, p = 3).
+
+    Gradient p r (r^2 + eps)^(p/2 - 1) = p * smooth_sign(r) * smooth_abs(r)^(p-1), with
+    smooth_sign(r) = r / sqrt(r^2 + eps) (a tanh-like sign that is exactly consistent with the loss).
+    """
+
+    p: float = 3.0
+    eps: float = 1e-6
+    name: str = "lp"
+    needs_delta: bool = False
+
+    def __post_init__(self):
+        require(self.p >= 1.0, "bias.p", self.p, "p >= 1", "Moneta uses p = 3")
+        require(self.eps > 0, "bias.eps", self.eps, "> 0", "use 1e-6")
+
+    def describe(self) -> str:
+        return f"||M(k) - v||_{self.p:g}^{self.p:g}"
+
+    def loss(self, pred: Tensor, v: Tensor, delta: Tensor | None = None) -> Tensor:
+        return smooth_abs(pred - v, self.eps).pow(self.p).sum(-1)
+
+    def grad(self, pred: Tensor, v: Tensor, delta: Tensor | None = None) -> Tensor:
+        r = pred - v
+        return self.p * r * smooth_abs(r, self.eps).pow(self.p - 2.0)
+
+
+@dataclass(frozen=True)
+class Huber:
+    """Yaad's switch form: ||r||^2 if ||r|| <= delta_t, else delta_t * ||r||_1 (smoothed).
+
+    Gradient 2r below the threshold, delta_t * smooth_sign(r) above; delta_t is a gate (> 0).
+    """
+
+    eps: float = 1e-6
+    name: str = "huber"
+    needs_delta: bool = True
+
+    def describe(self) -> str:
+        return "Huber switch (L2 | delta*L1)"
+
+    def _inside(self, r: Tensor, delta: Tensor) -> Tensor:
+        require(delta is not None, "gates.delta", None, "a [B, T, H] tensor > 0", "Huber needs delta")
+        return (r.pow(2).sum(-1) <= delta.pow(2)).unsqueeze(-1)
+
+    def loss(self, pred: Tensor, v: Tensor, delta: Tensor | None = None) -> Tensor:
+        r = pred - v
+        inside = self._inside(r, delta).squeeze(-1)
+        return torch.where(inside, r.pow(2).sum(-1), delta * smooth_abs(r, self.eps).sum(-1))
+
+    def grad(self, pred: Tensor, v: Tensor, delta: Tensor | None = None) -> Tensor:
+        r = pred - v
+        outside = delta.unsqueeze(-1) * r / smooth_abs(r, self.eps)
+        return torch.where(self._inside(r, delta), 2.0 * r, outside)
+
+
+@dataclass(frozen=True)
+class ValueShiftRobustL2:
+    """MIRAS Eq. 17: the worst case of ||M(k) - (v + s)||^2 over value shifts ||s|| <= shift.
+
+    The maximum is (||r|| + shift)^2 (smoothed norm); gradient 2 (||r|| + shift) r / ||r||.
+    """
+
+    shift: float = 0.1
+    eps: float = 1e-6
+    name: str = "robust-l2"
+    needs_delta: bool = False
+
+    def __post_init__(self):
+        require(self.shift >= 0, "bias.shift", self.shift, ">= 0", "0 gives plain L2")
+
+    def describe(self) -> str:
+        return f"max_|s|<={self.shift:g} ||M(k) - v - s||^2"
+
+    def _norm(self, r: Tensor) -> Tensor:
+        return torch.sqrt(r.pow(2).sum(-1) + self.eps)
+
+    def loss(self, pred: Tensor, v: Tensor, delta: Tensor | None = None) -> Tensor:
+        return (self._norm(pred - v) + self.shift).pow(2)
+
+    def grad(self, pred: Tensor, v: Tensor, delta: Tensor | None = None) -> Tensor:
+        r = pred - v
+        n = self._norm(r).unsqueeze(-1)
+        return 2.0 * (n + self.shift) * r / n

@@ -1,0 +1,184 @@
+"""Memory architectures: the function M_W and the shape of its state W.
+
+A memory is evaluated for every head of every batch row with its own weights:
+
+    W: dict name -> [B, H, out, in]      (one weight matrix per layer, applied in key order)
+    x: [B, H, n, d_k]                    (n inputs per head)
+    M_W(x): [B, H, n, d_v]
+
+`grads` is the closed-form inner backward: given d loss / d M_W(x) for each input it returns the
+per-input gradient of every weight, [B, H, n, out, in]. It is what the online optimizer steps on,
+and it is part of the forward graph (outer gradients flow through it: second order).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .errors import require
+
+ACTIVATIONS = ("gelu", "silu", "tanh", "identity")
+
+
+def activation(name: str, z: Tensor) -> Tensor:
+    if name == "gelu":
+        return torch.nn.functional.gelu(z)
+    if name == "silu":
+        return torch.nn.functional.silu(z)
+    if name == "tanh":
+        return torch.tanh(z)
+    return z
+
+
+def activation_grad(name: str, z: Tensor) -> Tensor:
+    """d act(z) / dz, elementwise."""
+    if name == "gelu":  # exact (erf) GELU: Phi(z) + z phi(z)
+        cdf = 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))
+        pdf = torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+        return cdf + z * pdf
+    if name == "silu":
+        s = torch.sigmoid(z)
+        return s * (1.0 + z * (1.0 - s))
+    if name == "tanh":
+        return 1.0 - torch.tanh(z) ** 2
+    return torch.ones_like(z)
+
+
+def layer_norm(o: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Affine-free LayerNorm over the last dim; returns (normalized, 1 / std)."""
+    mu = o.mean(-1, keepdim=True)
+    centered = o - mu
+    inv_std = torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + eps)
+    return centered * inv_std, inv_std
+
+
+def layer_norm_backward(dn: Tensor, n: Tensor, inv_std: Tensor) -> Tensor:
+    """Gradient through `layer_norm` given its output n and 1 / std."""
+    return inv_std * (dn - dn.mean(-1, keepdim=True) - n * (dn * n).mean(-1, keepdim=True))
+
+
+@dataclass(frozen=True)
+class MLPMemory:
+    """`M(x) = [x +] [LN](W_L act(... act(W_1 x)))`, the parametric memories of the papers.
+
+    depth=1, residual=False, norm=False is the matrix memory `M(x) = W x` (linear attention,
+    DeltaNet, Mamba-2); depth=1 with residual + LN is TTT-Linear; depth=2 with residual + LN and
+    expansion 4 is the deep memory of TTT-MLP, Titans, Moneta, Yaad and Memora.
+    """
+
+    depth: int = 2
+    expansion: int = 4
+    activation: str = "gelu"
+    residual: bool = True
+    norm: bool = True
+    norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        require(isinstance(self.depth, int) and self.depth >= 1, "memory.depth", self.depth,
+                "an integer >= 1", "use depth=1 for a matrix memory, 2 for the papers' deep memory")
+        require(isinstance(self.expansion, int) and self.expansion >= 1, "memory.expansion",
+                self.expansion, "an integer >= 1", "the papers use 4")
+        require(self.activation in ACTIVATIONS, "memory.activation", self.activation,
+                f"one of {ACTIVATIONS}", "pick a smooth activation; the inner backward needs act'")
+        require(self.norm_eps > 0, "memory.norm_eps", self.norm_eps, "> 0", "use 1e-5")
+
+    @property
+    def kind(self) -> str:
+        return "matrix" if self.is_matrix else f"mlp{self.depth}"
+
+    @property
+    def is_matrix(self) -> bool:
+        return self.depth == 1 and not self.residual and not self.norm
+
+    def describe(self) -> str:
+        if self.is_matrix:
+            return "matrix W k"
+        body = "W k" if self.depth == 1 else f"{self.depth}-layer MLP({self.activation}, x{self.expansion})"
+        body = f"LN({body})" if self.norm else body
+        return f"k + {body}" if self.residual else body
+
+    def shapes(self, d_k: int, d_v: int) -> dict[str, tuple[int, int]]:
+        """Weight name -> (out, in), in the order the layers are applied."""
+        require(not self.residual or d_k == d_v, "memory.residual", self.residual,
+                f"False when d_k ({d_k}) != d_v ({d_v})", "use equal key and value head dims")
+        dims = [d_k] + [self.expansion * d_k] * (self.depth - 1) + [d_v]
+        return {f"W{i + 1}": (dims[i + 1], dims[i]) for i in range(self.depth)}
+
+    def state_size(self, d_k: int, d_v: int) -> int:
+        return sum(o * i for o, i in self.shapes(d_k, d_v).values())
+
+    def init_state(self, heads: int, d_k: int, d_v: int, generator: torch.Generator | None = None,
+                   dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+        """A learnable-W0 initialization [H, out, in]: zeros for a matrix, scaled normal for MLPs."""
+        state = {}
+        for name, (o, i) in self.shapes(d_k, d_v).items():
+            if self.is_matrix:
+                state[name] = torch.zeros(heads, o, i, dtype=dtype)
+            else:
+                state[name] = torch.randn(heads, o, i, generator=generator, dtype=dtype) / math.sqrt(i)
+        return state
+
+    def _forward(self, W: dict[str, Tensor], x: Tensor):
+        """Runs the layers and keeps what the backward needs."""
+        acts, pres, h = [x], [], x
+        names = list(W)
+        for idx, name in enumerate(names):
+            z = torch.einsum("bhoi,bhni->bhno", W[name], h)
+            if idx < len(names) - 1:
+                pres.append(z)
+                h = activation(self.activation, z)
+                acts.append(h)
+            else:
+                h = z
+        inv_std = None
+        if self.norm:
+            h, inv_std = layer_norm(h, self.norm_eps)
+        out = x + h if self.residual else h
+        return out, acts, pres, h, inv_std
+
+    def __call__(self, W: dict[str, Tensor], x: Tensor) -> Tensor:
+        """M_W(x): W [B, H, out, in], x [B, H, n, d_k] -> [B, H, n, d_v]."""
+        return self._forward(W, x)[0]
+
+    def grads(self, W: dict[str, Tensor], x: Tensor, dpred: Tensor) -> dict[str, Tensor]:
+        """Per-input gradients of sum_n <dpred_n, M_W(x_n)>: name -> [B, H, n, out, in]."""
+        return {name: torch.einsum("bhno,bhni->bhnoi", d, a)
+                for name, (d, a) in self.backward_factors(W, x, dpred).items()}
+
+    def backward_factors(self, W: dict[str, Tensor], x: Tensor, dpred: Tensor):
+        """The rank-1 factors of every per-input gradient: name -> (delta [B,H,n,out], input [B,H,n,in]).
+
+        grads()[name][..., n, :, :] == outer(delta_n, input_n). The chunked engine uses the factors
+        directly, so per-token weight gradients are never materialized.
+        """
+        _, acts, pres, normed, inv_std = self._forward(W, x)
+        d = layer_norm_backward(dpred, normed, inv_std) if self.norm else dpred
+        names = list(W)
+        factors = {}
+        for idx in range(len(names) - 1, -1, -1):
+            factors[names[idx]] = (d, acts[idx])
+            if idx > 0:
+                d = torch.einsum("bhoi,bhno->bhni", W[names[idx]], d) * activation_grad(self.activation, pres[idx - 1])
+        return dict(reversed(list(factors.items())))
+
+
+def matrix() -> MLPMemory:
+    """The matrix memory M(k) = W k."""
+    return MLPMemory(depth=1, residual=False, norm=False)
+
+
+@dataclass(frozen=True)
+class NonParametric:
+    """No weights: the memory is the KV cache and reading it is softmax attention."""
+
+    kind: str = "nonparametric"
+    is_matrix: bool = False
+
+    def describe(self) -> str:
+        return "KV cache (non-parametric)"
+
+    def state_size(self, d_k: int, d_v: int) -> int:
+        return 0  # grows with the context: (d_k + d_v) per token

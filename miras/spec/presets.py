@@ -1,0 +1,132 @@
+"""The named models of SPEC section 3, each a point of the design space plus the block it lives in.
+
+Each preset function's docstring is its paper equation (b = chunk size, per head):
+`get_preset(name)` returns a Preset, `list_presets()` the names in table order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .bias import DotProduct, Huber, L2, Lp
+from .errors import require
+from .memory import MLPMemory, NonParametric, matrix
+from .optim import GD, Delta, Momentum
+from .optim import NonParametric as Attention
+from .retention import Decay, KLSoftmax, LqNormalization, NoRetention
+from .spec import MirasSpec
+
+BLOCKS = ("attention", "memory", "mamba2", "ttt", "titans-mac", "titans-mag", "titans-mal", "memory+swa")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    spec: MirasSpec
+    block: str          # the layer that wraps the memory (SPEC section 4)
+    equation: str
+    paper: str
+
+
+_REGISTRY: dict[str, Callable[[], Preset]] = {}
+
+
+def _preset(name: str, block: str, paper: str):
+    def register(fn: Callable[[], MirasSpec]):
+        _REGISTRY[name] = lambda: Preset(name, fn(), block, " ".join(fn.__doc__.split()), paper)
+        return fn
+    return register
+
+
+def deep_memory() -> MLPMemory:
+    """The papers' 2-layer MLP memory with residual + LayerNorm, expansion 4."""
+    return MLPMemory(depth=2, expansion=4, activation="gelu", residual=True, norm=True)
+
+
+@_preset("transformer", "attention", "Llama-style baseline")
+def transformer():
+    """y_t = sum_{s<=t} softmax_s(q_t . k_s / sqrt(d)) v_s"""
+    return MirasSpec(NonParametric(), L2(), NoRetention(), Attention())
+
+
+@_preset("linear-attention", "memory", "Katharopoulos et al. 2020")
+def linear_attention():
+    """W_t = W_{t-1} + eta_t v_t k_t^T; y_t = W_t q_t"""
+    return MirasSpec(matrix(), DotProduct(), NoRetention(), GD(), chunk_size=64)
+
+
+@_preset("retnet", "memory", "Sun et al. 2023")
+def retnet():
+    """W_t = gamma W_{t-1} + eta_t v_t k_t^T, gamma constant per head"""
+    return MirasSpec(matrix(), DotProduct(), Decay(data_dependent=False), GD(), chunk_size=64)
+
+
+@_preset("mamba2", "mamba2", "Dao & Gu 2024 (SSD)")
+def mamba2():
+    """h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T; y_t = h_t C_t (+ D x_t)"""
+    return MirasSpec(matrix(), DotProduct(), Decay(), GD(), chunk_size=64)
+
+
+@_preset("deltanet", "memory", "Schlag et al. 2021; Yang et al. 2024")
+def deltanet():
+    """W_t = W_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t k_t^T"""
+    return MirasSpec(matrix(), L2(), NoRetention(), Delta(), chunk_size=64)
+
+
+@_preset("gated-deltanet", "memory", "Yang et al. 2025")
+def gated_deltanet():
+    """W_t = alpha_t W_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t k_t^T"""
+    return MirasSpec(matrix(), L2(), Decay(), Delta(), chunk_size=64)
+
+
+@_preset("ttt-linear", "ttt", "Sun et al. 2024")
+def ttt_linear():
+    """f(x) = x + LN(W x); W_t = W_{t'} - eta_t grad ||f(k_t) - v_t||^2 summed over the mini-batch (b = 16)"""
+    return MirasSpec(MLPMemory(depth=1, residual=True, norm=True), L2(), NoRetention(), GD(), chunk_size=16)
+
+
+@_preset("ttt-mlp", "ttt", "Sun et al. 2024")
+def ttt_mlp():
+    """f(x) = x + LN(W2 gelu(W1 x)); mini-batch GD on ||f(k) - v||^2, b = 16"""
+    return MirasSpec(deep_memory(), L2(), NoRetention(), GD(), chunk_size=16)
+
+
+@_preset("titans-lmm", "memory", "Behrouz et al. 2025 (Titans)")
+def titans_lmm():
+    """S_t = beta_t S_{t-1} - eta_t grad l(M_{t'}; k_t, v_t); M_t = (1 - a_t) M_{t-1} + S_t"""
+    return MirasSpec(deep_memory(), L2(), Decay(), Momentum(), chunk_size=16)
+
+
+@_preset("moneta", "memory", "Behrouz et al. 2025 (MIRAS)")
+def moneta():
+    """A_t = alpha_t A_{t-1} - eta_t grad ||M(k_t) - v_t||_3^3; W_t = A_t / ||A_t||_4^2"""
+    return MirasSpec(deep_memory(), Lp(p=3.0), LqNormalization(q=4.0), GD(), chunk_size=16)
+
+
+@_preset("yaad", "memory", "Behrouz et al. 2025 (MIRAS)")
+def yaad():
+    """W_t = alpha_t W_{t-1} - eta_t grad Huber_{delta_t}(M(k_t) - v_t)"""
+    return MirasSpec(deep_memory(), Huber(), Decay(), GD(), chunk_size=16)
+
+
+@_preset("memora", "memory", "Behrouz et al. 2025 (MIRAS)")
+def memora():
+    """W_t = softmax(alpha_t log W_{t-1} - eta_t grad ||M(k_t) - v_t||^2)"""
+    return MirasSpec(deep_memory(), L2(), KLSoftmax(), GD(), chunk_size=16)
+
+
+for _name, _base, _block in [("titans-mac", "titans-lmm", "titans-mac"), ("titans-mag", "titans-lmm", "titans-mag"),
+                             ("titans-mal", "titans-lmm", "titans-mal"), ("moneta-h", "moneta", "memory+swa"),
+                             ("yaad-h", "yaad", "memory+swa"), ("memora-h", "memora", "memory+swa")]:
+    _REGISTRY[_name] = (lambda base=_base, name=_name, block=_block: Preset(
+        name, _REGISTRY[base]().spec, block, _REGISTRY[base]().equation + f" ; block: {block}",
+        _REGISTRY[base]().paper))
+
+
+def list_presets() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_preset(name: str) -> Preset:
+    require(name in _REGISTRY, "preset", name, f"one of {list_presets()}", "run `miras presets` to list them")
+    return _REGISTRY[name]()

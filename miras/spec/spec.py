@@ -1,0 +1,88 @@
+"""MirasSpec: one choice per axis of the design space, plus the chunk (mini-batch) size."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from . import bias as biases
+from . import memory as memories
+from . import optim
+from . import retention as retentions
+from .errors import require
+
+Memory = memories.MLPMemory | memories.NonParametric
+Bias = biases.DotProduct | biases.L2 | biases.Lp | biases.Huber | biases.ValueShiftRobustL2
+Retention = (retentions.NoRetention | retentions.Decay | retentions.LqNormalization
+             | retentions.KLSoftmax | retentions.ElasticNet)
+Algorithm = optim.GD | optim.Momentum | optim.Delta | optim.NonParametric
+
+
+@dataclass(frozen=True)
+class MirasSpec:
+    """A point of the MIRAS design space.
+
+    chunk_size b: tokens of one chunk take their gradient at the memory left by the previous
+    chunk (b = 1 is fully online). It is a model hyperparameter whenever the gradient depends on
+    the memory; `chunk_invariant` says when it does not (any b gives the same function).
+    """
+
+    memory: Memory
+    bias: Bias
+    retention: Retention
+    algorithm: Algorithm
+    chunk_size: int = 1
+
+    def __post_init__(self):
+        m, b, r, a = self.memory, self.bias, self.retention, self.algorithm
+        require(isinstance(self.chunk_size, int) and self.chunk_size >= 1, "chunk_size",
+                self.chunk_size, "an integer >= 1", "1 is fully online; the papers use 16 or 64")
+        nonparam = isinstance(m, memories.NonParametric)
+        require(nonparam == isinstance(a, optim.NonParametric), "algorithm", a.name,
+                "'attention' exactly when memory is non-parametric",
+                "pair NonParametric memory with the NonParametric algorithm")
+        if nonparam:
+            require(isinstance(r, retentions.NoRetention), "retention", r.name, "'none' for attention",
+                    "use a sliding window in the layer instead of a retention gate")
+        if isinstance(a, optim.Delta):
+            require(m.is_matrix, "memory", m.describe(), "a matrix memory for the exact delta rule",
+                    "use memories.matrix() or the GD algorithm for deep memories")
+            require(isinstance(b, biases.L2), "bias", b.name, "'l2' for the exact delta rule",
+                    "the delta rule is the exact step of the L2 loss")
+            require(isinstance(r, (retentions.NoRetention, retentions.Decay)) and not r.per_channel,
+                    "retention", r.name, "'none' or scalar 'decay' for the exact delta rule",
+                    "use the GD algorithm for other retention gates")
+        if getattr(r, "per_channel", False):
+            require(m.is_matrix, "retention.per_channel", True, "only with a matrix memory",
+                    "use a scalar decay for deep memories")
+
+    @property
+    def gates(self) -> tuple[str, ...]:
+        """The data-dependent gate tensors the recurrence reads, each [B, T, H]
+        (log_alpha is [B, T, H, d_k] for a per-channel decay)."""
+        if isinstance(self.algorithm, optim.NonParametric):
+            return ()
+        names = ["lr"]
+        if self.retention.decays:
+            names.append("log_alpha")
+        if self.algorithm.momentum:
+            names.append("beta")
+        if self.bias.needs_delta:
+            names.append("delta")
+        return tuple(names)
+
+    @property
+    def chunk_invariant(self) -> bool:
+        """True when the chunk size does not change the function (an exact chunked form exists)."""
+        return (isinstance(self.algorithm, (optim.Delta, optim.NonParametric))
+                or (isinstance(self.bias, biases.DotProduct) and self.retention.identity_boundary))
+
+    def with_chunk_size(self, chunk_size: int) -> "MirasSpec":
+        return replace(self, chunk_size=chunk_size)
+
+    def axes(self) -> dict[str, str]:
+        return {"memory": self.memory.describe(), "bias": self.bias.describe(),
+                "retention": self.retention.describe(), "algorithm": self.algorithm.describe()}
+
+    def __str__(self) -> str:
+        ax = self.axes()
+        return (f"MirasSpec(memory={ax['memory']}, bias={ax['bias']}, retention={ax['retention']}, "
+                f"algorithm={ax['algorithm']}, chunk_size={self.chunk_size})")

@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from miras.spec import ConfigError
+from miras.spec.bias import L2, DotProduct, Huber, Lp, ValueShiftRobustL2
+
+BIASES = [DotProduct(), L2(), Lp(p=3.0), Lp(p=1.5), Huber(), ValueShiftRobustL2(shift=0.3)]
+
+
+@pytest.mark.parametrize("bias", BIASES, ids=lambda b: b.describe())
+def test_closed_form_grad_equals_autograd_of_loss(bias):
+    gen = torch.Generator().manual_seed(0)
+    pred = torch.randn(3, 5, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(3, 5, 8, generator=gen, dtype=torch.float64)
+    # thresholds around the residual norms so that both Huber branches are taken
+    delta = (pred - v).detach().norm(dim=-1) * torch.linspace(0.5, 1.5, 5, dtype=torch.float64)
+    (auto,) = torch.autograd.grad(bias.loss(pred, v, delta).sum(), pred)
+    torch.testing.assert_close(bias.grad(pred, v, delta), auto, rtol=1e-10, atol=1e-12)
+
+
+def test_huber_switches_between_l2_and_scaled_l1():
+    pred = torch.tensor([[3.0, 4.0], [0.3, 0.4]], dtype=torch.float64)  # residual norms 5 and 0.5
+    v = torch.zeros_like(pred)
+    delta = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    g = Huber(eps=1e-12).grad(pred, v, delta)
+    torch.testing.assert_close(g[0], torch.tensor([1.0, 1.0], dtype=torch.float64))  # delta * sign(r)
+    torch.testing.assert_close(g[1], torch.tensor([0.6, 0.8], dtype=torch.float64))  # 2 r
+
+
+def test_lp_matches_unsmoothed_away_from_zero():
+    r = torch.tensor([2.0, -0.5], dtype=torch.float64)
+    g = Lp(p=3.0, eps=1e-12).grad(r, torch.zeros_like(r))
+    torch.testing.assert_close(g, 3.0 * torch.sign(r) * r.abs() ** 2)
+
+
+def test_robust_l2_is_worst_case_over_value_shifts():
+    r = torch.tensor([0.6, 0.8], dtype=torch.float64)  # norm 1
+    loss = ValueShiftRobustL2(shift=0.5, eps=1e-12).loss(r, torch.zeros_like(r))
+    assert loss.item() == pytest.approx(2.25)  # the shift -0.5 r/|r| is the worst: (1 + 0.5)^2
+
+
+@pytest.mark.parametrize("make", [lambda: Lp(p=0.5), lambda: Lp(eps=0.0), lambda: ValueShiftRobustL2(shift=-1)])
+def test_invalid_bias_raises_with_field(make):
+    with pytest.raises(ConfigError, match=r"bias\.\w+=.*allowed"):
+        make()
