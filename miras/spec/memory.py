@@ -121,12 +121,16 @@ class MLPMemory:
                 state[name] = torch.randn(heads, o, i, generator=generator, dtype=dtype) / math.sqrt(i)
         return state
 
-    def _forward(self, W: dict[str, Tensor], x: Tensor):
-        """Runs the layers and keeps what the backward needs."""
+    def run(self, x: Tensor, linear) -> tuple[Tensor, list[Tensor], list[Tensor], Tensor, Tensor | None]:
+        """The layer structure with the weight products left to `linear(name, h) -> W_name h`.
+
+        Returns (output, layer inputs, pre-activations, normalized output, 1 / std). The chunked
+        engine reuses it with per-token or dual-form products, so the architecture lives here only.
+        """
         acts, pres, h = [x], [], x
-        names = list(W)
+        names = [f"W{i + 1}" for i in range(self.depth)]
         for idx, name in enumerate(names):
-            z = torch.einsum("bhoi,bhni->bhno", W[name], h)
+            z = linear(name, h)
             if idx < len(names) - 1:
                 pres.append(z)
                 h = activation(self.activation, z)
@@ -141,21 +145,24 @@ class MLPMemory:
 
     def __call__(self, W: dict[str, Tensor], x: Tensor) -> Tensor:
         """M_W(x): W [B, H, out, in], x [B, H, n, d_k] -> [B, H, n, d_v]."""
-        return self._forward(W, x)[0]
+        return self.run(x, lambda name, h: torch.einsum("bhoi,bhni->bhno", W[name], h))[0]
 
-    def grads(self, W: dict[str, Tensor], x: Tensor, dpred: Tensor) -> dict[str, Tensor]:
+    def grads(self, W: dict[str, Tensor], x: Tensor, dpred) -> dict[str, Tensor]:
         """Per-input gradients of sum_n <dpred_n, M_W(x_n)>: name -> [B, H, n, out, in]."""
         return {name: torch.einsum("bhno,bhni->bhnoi", d, a)
                 for name, (d, a) in self.backward_factors(W, x, dpred).items()}
 
-    def backward_factors(self, W: dict[str, Tensor], x: Tensor, dpred: Tensor):
+    def backward_factors(self, W: dict[str, Tensor], x: Tensor, dpred):
         """The rank-1 factors of every per-input gradient: name -> (delta [B,H,n,out], input [B,H,n,in]).
 
+        dpred: d loss / d M_W(x), [B, H, n, d_v], or a function of the prediction that returns it.
         grads()[name][..., n, :, :] == outer(delta_n, input_n). The chunked engine uses the factors
         directly, so per-token weight gradients are never materialized.
         """
-        _, acts, pres, normed, inv_std = self._forward(W, x)
-        d = layer_norm_backward(dpred, normed, inv_std) if self.norm else dpred
+        pred, acts, pres, normed, inv_std = self.run(x, lambda name, h: torch.einsum("bhoi,bhni->bhno", W[name], h))
+        d = dpred(pred) if callable(dpred) else dpred
+        if self.norm:
+            d = layer_norm_backward(d, normed, inv_std)
         names = list(W)
         factors = {}
         for idx in range(len(names) - 1, -1, -1):

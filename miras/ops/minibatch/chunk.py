@@ -1,0 +1,151 @@
+"""The generic mini-batch engine: any GD / momentum spec, chunk-parallel, equal to the recurrence.
+
+Derivation: docs/ops/minibatch.md. Per chunk of n tokens, with A_0, S_0 the state at its start and
+g_r = outer(d_r, a_r) the closed-form inner gradients at the chunk's anchor memory (one batched
+inner forward + backward for the whole chunk), the recurrence unrolls to
+
+    A_t = decay_t A_0 + m_t S_0 - sum_{r <= t} C[t, r] outer(d_r, a_r)
+    S_t = sdecay_t S_0 - sum_{r <= t} Cs[t, r] outer(d_r, a_r)
+
+with decay_t, m_t, C, sdecay_t, Cs built from log-space segment sums of the gates
+(`coefficients`). Reads y_t = M_{boundary(A_t)}(q_t) use the dual form when boundary is the
+identity (every product W_t h becomes masked [n, n] matmuls; per-token weights are never
+formed), and per-token weights of the chunk otherwise (Moneta, Memora, elastic net). The only
+Python loop is over chunks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from ...spec import MirasSpec
+from ..segsum import segsum
+from ..state import MemoryState, check_inputs
+
+BETA_FLOOR = 1e-30  # beta = 0 is allowed; its log is clamped so that gradients stay finite
+
+
+@dataclass
+class Coefficients:
+    """Unrolled-recurrence coefficients of a chunk, each [B, H, n] or [B, H, n, n] (lr folded in)."""
+
+    decay: Tensor            # prod of alpha from the chunk start to t
+    C: Tensor                # [t, r]: weight of g_r in A_t (momentum and decay composed), times lr_r
+    m: Tensor | None         # weight of S_0 in A_t
+    sdecay: Tensor | None    # weight of S_0 in S_t
+    Cs: Tensor | None        # [t, r]: weight of g_r in S_t, times lr_r
+
+
+def coefficients(lr: Tensor, log_alpha: Tensor | None, beta: Tensor | None) -> Coefficients:
+    """lr, log_alpha, beta: [B, H, n] -> the chunk's Coefficients (see module docstring)."""
+    zeros = torch.zeros_like(lr[..., :1])
+    la = torch.zeros_like(lr) if log_alpha is None else log_alpha
+    seg_a = segsum(torch.cat([zeros, la], dim=-1)).exp()                   # [.., n+1, n+1], index 0 = start
+    decay, Da = seg_a[..., 1:, 0], seg_a[..., 1:, 1:]
+    if beta is None:
+        return Coefficients(decay, Da * lr.unsqueeze(-2), None, None, None)
+    seg_b = segsum(torch.cat([zeros, beta.clamp_min(BETA_FLOOR).log()], dim=-1)).exp()
+    sdecay, Db = seg_b[..., 1:, 0], seg_b[..., 1:, 1:]
+    return Coefficients(decay, (Da @ Db) * lr.unsqueeze(-2), (Da @ sdecay.unsqueeze(-1)).squeeze(-1),
+                        sdecay, Db * lr.unsqueeze(-2))
+
+
+def _state_at(row: int, co: Coefficients, A0, S0, factors) -> tuple[dict, dict | None]:
+    """A and S after token `row` of the chunk."""
+    A, S = {}, None if S0 is None else {}
+    for name, (d, a) in factors.items():
+        upd = torch.einsum("bhr,bhro,bhri->bhoi", co.C[..., row, :], d, a)
+        A[name] = co.decay[..., row, None, None] * A0[name] - upd
+        if S0 is not None:
+            A[name] = A[name] + co.m[..., row, None, None] * S0[name]
+            S[name] = co.sdecay[..., row, None, None] * S0[name] - torch.einsum(
+                "bhr,bhro,bhri->bhoi", co.Cs[..., row, :], d, a)
+    return A, S
+
+
+def _dual_linear(co: Coefficients, A0, S0, factors):
+    """W_t h_t for every token t of the chunk, from the unrolled state, without forming W_t."""
+    def linear(name: str, h: Tensor) -> Tensor:
+        d, a = factors[name]
+        z = co.decay.unsqueeze(-1) * torch.einsum("bhoi,bhti->bhto", A0[name], h)
+        if S0 is not None:
+            z = z + co.m.unsqueeze(-1) * torch.einsum("bhoi,bhti->bhto", S0[name], h)
+        scores = co.C * torch.einsum("bhti,bhri->bhtr", h, a)
+        return z - torch.einsum("bhtr,bhro->bhto", scores, d)
+    return linear
+
+
+def _token_linear(spec: MirasSpec, co: Coefficients, A0, S0, factors):
+    """W_t h_t with W_t = boundary(A_t) formed for every token of the chunk (non-identity boundaries)."""
+    A_t = {}
+    for name, (d, a) in factors.items():
+        A_t[name] = co.decay[..., None, None] * A0[name].unsqueeze(2) - torch.einsum("bhtr,bhro,bhri->bhtoi", co.C, d, a)
+        if S0 is not None:
+            A_t[name] = A_t[name] + co.m[..., None, None] * S0[name].unsqueeze(2)
+    W_t = spec.retention.boundary(A_t)
+    return lambda name, h: torch.einsum("bhtoi,bhti->bhto", W_t[name], h)
+
+
+def _chunk(spec: MirasSpec, q, k, v, gates, A, S, anchor, n_real: int):
+    """One chunk (tokens padded to a common length, the first n_real real): -> (y, A, S)."""
+    memory, bias = spec.memory, spec.bias
+    delta = gates.get("delta")
+    factors = memory.backward_factors(
+        anchor, k, lambda pred: bias.grad(pred, v, delta))
+    co = coefficients(gates["lr"], gates.get("log_alpha"), gates.get("beta"))
+    linear = (_dual_linear(co, A, S, factors) if spec.retention.identity_boundary
+              else _token_linear(spec, co, A, S, factors))
+    y = memory.run(q, linear)[0]
+    A, S = _state_at(n_real - 1, co, A, S, factors)
+    return y, A, S
+
+
+def _chunks(spec, q, k, v, gates, A, S, anchor, bounds):
+    """Runs consecutive chunks [(start, end, tokens already in the chunk), ...] of the [B, H, T, ...] inputs."""
+    b, ys = spec.chunk_size, []
+    for start, end, before in bounds:
+        sl = slice(start, end)
+        pad = lambda x: F.pad(x[:, :, sl], (0, 0) * (x.dim() - 3) + (0, b - (end - start)))  # noqa: E731
+        cg = {n: pad(g) for n, g in gates.items()}
+        if "delta" in cg:
+            cg["delta"] = cg["delta"] + (cg["delta"] == 0).to(cg["delta"].dtype)  # padded tokens: delta 1
+        if anchor is None:
+            anchor = spec.retention.boundary(A)
+        y, A, S = _chunk(spec, pad(q), pad(k), pad(v), cg, A, S, anchor, end - start)
+        ys.append(y[:, :, : end - start])
+        anchor = None if before + end - start == b else anchor
+    return torch.cat(ys, dim=2), A, S, anchor
+
+
+def chunk_minibatch(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor],
+                    state: MemoryState, checkpoint_chunks: int = 0) -> tuple[Tensor, MemoryState]:
+    """The chunked form of `recurrent_reference` for GD / momentum specs (same arguments and result).
+
+    q, k: [B, T, H, d_k]; v: [B, T, H, d_v]; gates: name -> [B, T, H]; state: MemoryState.
+    checkpoint_chunks: if > 0, recompute groups of that many chunks in backward instead of keeping
+    their intermediates (activation memory O(T / group) states instead of O(T)).
+    """
+    check_inputs(spec, q, k, v, gates)
+    T, b = q.shape[1], spec.chunk_size
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    q, k, v = (x.to(dtype).transpose(1, 2) for x in (q, k, v))                 # [B, H, T, d]
+    gates = {n: g.to(dtype).transpose(1, 2) for n, g in gates.items()}      # [B, H, T]
+    A = {n: a.to(dtype) for n, a in state.A.items()}
+    S = None if state.S is None else {n: s.to(dtype) for n, s in state.S.items()}
+    first = min(T, (b - state.offset) % b or b)
+    bounds = [(0, first, state.offset)] + [(s, min(s + b, T), 0) for s in range(first, T, b)] if T else []
+    anchor, ys = state.anchor, []
+    group = checkpoint_chunks if checkpoint_chunks > 0 else len(bounds)
+    for g0 in range(0, len(bounds), max(group, 1)):
+        part = bounds[g0:g0 + group]
+        if checkpoint_chunks > 0 and torch.is_grad_enabled():
+            y, A, S, anchor = checkpoint(_chunks, spec, q, k, v, gates, A, S, anchor, part, use_reentrant=False)
+        else:
+            y, A, S, anchor = _chunks(spec, q, k, v, gates, A, S, anchor, part)
+        ys.append(y)
+    y = torch.cat(ys, dim=2).transpose(1, 2) if ys else v.new_zeros(v.shape).transpose(1, 2)
+    return y, MemoryState(A, S, anchor, (state.offset + T) % b)
