@@ -26,7 +26,7 @@ def random_inputs(spec: MirasSpec, batch: int = 2, seqlen: int = 16, heads: int 
     deep = hasattr(spec.memory, "init_state") and not spec.memory.is_matrix
     gates = {}
     if "lr" in spec.gates:
-        gates["lr"] = (0.5 if deep else 1.0) * torch.sigmoid(rand(batch, seqlen, heads))
+        gates["lr"] = (0.1 if deep else 1.0) * torch.sigmoid(rand(batch, seqlen, heads))
     if "log_alpha" in spec.gates:
         shape = (batch, seqlen, heads, d_k) if spec.retention.per_channel else (batch, seqlen, heads)
         gates["log_alpha"] = F.logsigmoid(rand(*shape) + 3.0)

@@ -1,0 +1,125 @@
+"""The generic mini-batch engine against the recurrent reference: outputs, state, every gradient."""
+import pytest
+import torch
+
+from miras.ops import MemoryState, recurrent_reference
+from miras.ops.inputs import random_inputs
+from miras.ops.minibatch import chunk_minibatch
+from miras.spec import MirasSpec, get_preset
+from miras.spec.bias import L2, Huber, Lp, ValueShiftRobustL2
+from miras.spec.memory import MLPMemory, matrix
+from miras.spec.optim import GD, Momentum
+from miras.spec.retention import Decay, ElasticNet, KLSoftmax, LqNormalization, NoRetention
+
+SPECS = {name: get_preset(name).spec for name in ("ttt-linear", "ttt-mlp", "titans-lmm", "moneta", "yaad", "memora")}
+SPECS.update({
+    "robust+elastic+momentum": MirasSpec(MLPMemory(depth=2, expansion=2), ValueShiftRobustL2(0.2), ElasticNet(1e-3),
+                                         Momentum()),
+    "matrix+l2+decay": MirasSpec(matrix(), L2(), Decay(), GD()),
+    "matrix+lp+lq": MirasSpec(matrix(), Lp(p=2.5), LqNormalization(q=3.0), Momentum()),
+    "mlp3-silu+huber+kl": MirasSpec(MLPMemory(depth=3, expansion=1, activation="silu"), Huber(), KLSoftmax(), Momentum()),
+    "mlp2-plain+l2+none": MirasSpec(MLPMemory(depth=2, residual=False, norm=False, activation="tanh"), L2(),
+                                    NoRetention(), GD()),
+})
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def run_both(spec, seqlen, dtype=torch.float64, seed=0, grads=False, checkpoint_chunks=0, batch=2, d_k=4,
+             fns=None):
+    q, k, v, gates, state = random_inputs(spec, batch=batch, seqlen=seqlen, heads=2, d_k=d_k, dtype=dtype, seed=seed,
+                                          requires_grad=grads)
+    leaves = {"q": q, "k": k, "v": v, **gates, **{f"A.{n}": a for n, a in state.A.items()},
+              **{f"S.{n}": s for n, s in (state.S or {}).items()}}
+    results = []
+    for fn in fns or (recurrent_reference, lambda *a: chunk_minibatch(*a, checkpoint_chunks=checkpoint_chunks)):
+        y, final = fn(spec, q, k, v, gates, state)
+        out = {"y": y, **final.tensors()}
+        if grads:
+            w = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype)
+            loss = (y * w).sum() + sum(t.sum() for n, t in final.tensors().items() if n.startswith("A."))
+            out.update({f"d{n}": g for n, g in zip(leaves, torch.autograd.grad(loss, list(leaves.values())))})
+        results.append((out, final))
+    return results
+
+
+@pytest.mark.parametrize("seqlen,chunk", [(1, 16), (7, 16), (63, 16), (64, 16), (65, 16), (200, 64), (33, 1)],
+                         ids=lambda x: str(x))
+@pytest.mark.parametrize("name", list(SPECS))
+def test_outputs_and_state_equal_reference_fp64(name, seqlen, chunk):
+    (ref, rs), (fast, fs) = run_both(SPECS[name].with_chunk_size(chunk), seqlen)
+    assert set(ref) == set(fast) and rs.offset == fs.offset
+    for key in ref:
+        assert rel_err(fast[key], ref[key]) <= 1e-9, key
+
+
+@pytest.mark.parametrize("seqlen,chunk", [(7, 16), (65, 16), (37, 8)], ids=lambda x: str(x))
+@pytest.mark.parametrize("name", list(SPECS))
+def test_every_gradient_equals_reference_fp64(name, seqlen, chunk):
+    (ref, _), (fast, _) = run_both(SPECS[name].with_chunk_size(chunk), seqlen, grads=True)
+    grads = [key for key in ref if key.startswith("d")]
+    assert len(grads) >= 5 + len(SPECS[name].gates) - 1
+    for key in grads:
+        assert rel_err(fast[key], ref[key]) <= 1e-9, key
+
+
+@pytest.mark.parametrize("name", ["titans-lmm", "moneta", "memora", "yaad"])
+def test_fp32_is_as_accurate_as_the_fp32_reference(name):
+    """Relative RMS error against the fp64 reference: the engine in fp32 within 4x the reference in fp32."""
+    fp64, _ = run_both(SPECS[name], 64, grads=True, d_k=8, fns=[recurrent_reference])[0]
+    (ref32, _), (fast32, _) = run_both(SPECS[name], 64, dtype=torch.float32, grads=True, d_k=8)
+    for key in fp64:
+        assert rel_err(fast32[key].double(), fp64[key]) <= 4 * rel_err(ref32[key].double(), fp64[key]) + 1e-6, key
+
+
+@pytest.mark.parametrize("name", ["titans-lmm", "moneta"])
+def test_gradient_checkpointing_changes_nothing(name):
+    (_, _), (plain, _) = run_both(SPECS[name].with_chunk_size(4), 30, grads=True)
+    (_, _), (ckpt, _) = run_both(SPECS[name].with_chunk_size(4), 30, grads=True, checkpoint_chunks=3)
+    for key in plain:
+        torch.testing.assert_close(ckpt[key], plain[key], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("split", [5, 16, 23])
+@pytest.mark.parametrize("name", ["titans-lmm", "memora"])
+def test_state_carried_across_calls_equals_one_call(name, split):
+    spec = SPECS[name].with_chunk_size(8)
+    q, k, v, gates, state = random_inputs(spec, seqlen=41)
+    y, final = chunk_minibatch(spec, q, k, v, gates, state)
+    part = lambda x, s: x[:, s]  # noqa: E731
+    first, rest = slice(0, split), slice(split, None)
+    y1, mid = chunk_minibatch(spec, part(q, first), part(k, first), part(v, first),
+                              {n: part(g, first) for n, g in gates.items()}, state)
+    y2, end = chunk_minibatch(spec, part(q, rest), part(k, rest), part(v, rest),
+                              {n: part(g, rest) for n, g in gates.items()}, mid)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), y, rtol=1e-12, atol=1e-12)
+    for key, t in final.tensors().items():
+        torch.testing.assert_close(end.tensors()[key], t, rtol=1e-12, atol=1e-12)
+
+
+def test_batch_rows_are_independent():
+    spec = SPECS["yaad"]
+    q, k, v, gates, state = random_inputs(spec, batch=2, seqlen=40)
+    y, _ = chunk_minibatch(spec, q, k, v, gates, state)
+    v2 = v.clone()
+    v2[1] += 5.0
+    gates2 = {n: g.clone() for n, g in gates.items()}
+    gates2["lr"][1] *= 0.1
+    y2, _ = chunk_minibatch(spec, q, k, v2, gates2, state)
+    torch.testing.assert_close(y2[0], y[0], rtol=0, atol=0)
+    assert (y2[1] - y[1]).abs().max() > 1e-3
+
+
+def test_momentum_with_zero_beta_is_plain_gd_and_finite():
+    gd = MirasSpec(MLPMemory(depth=2), L2(), Decay(), GD(), chunk_size=4)
+    mom = MirasSpec(MLPMemory(depth=2), L2(), Decay(), Momentum(), chunk_size=4)
+    q, k, v, gates, state = random_inputs(mom, seqlen=10, requires_grad=True)
+    zero = torch.zeros_like(gates["beta"], requires_grad=True)
+    zero_state = MemoryState(state.A, {n: torch.zeros_like(s) for n, s in state.S.items()})
+    y_mom, _ = chunk_minibatch(mom, q, k, v, {**gates, "beta": zero}, zero_state)
+    y_gd, _ = chunk_minibatch(gd, q, k, v, {n: gates[n] for n in gd.gates}, MemoryState(state.A))
+    torch.testing.assert_close(y_mom, y_gd, rtol=1e-12, atol=1e-12)
+    (g_beta,) = torch.autograd.grad(y_mom.sum(), zero)
+    assert torch.isfinite(g_beta).all()
