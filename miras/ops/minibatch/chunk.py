@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
@@ -90,34 +89,30 @@ def _token_linear(spec: MirasSpec, co: Coefficients, A0, S0, factors):
     return lambda name, h: torch.einsum("bhtoi,bhti->bhto", W_t[name], h)
 
 
-def _chunk(spec: MirasSpec, q, k, v, gates, A, S, anchor, n_real: int):
-    """One chunk (tokens padded to a common length, the first n_real real): -> (y, A, S)."""
+def _chunk(spec: MirasSpec, q, k, v, gates, A, S, anchor):
+    """One chunk of n tokens ([B, H, n, ...] inputs): -> (y, A, S) after its last token."""
     memory, bias = spec.memory, spec.bias
     delta = gates.get("delta")
-    factors = memory.backward_factors(
-        anchor, k, lambda pred: bias.grad(pred, v, delta))
+    factors = memory.backward_factors(anchor, k, lambda pred: bias.grad(pred, v, delta))
     co = coefficients(gates["lr"], gates.get("log_alpha"), gates.get("beta"))
     linear = (_dual_linear(co, A, S, factors) if spec.retention.identity_boundary
               else _token_linear(spec, co, A, S, factors))
     y = memory.run(q, linear)[0]
-    A, S = _state_at(n_real - 1, co, A, S, factors)
+    A, S = _state_at(k.shape[2] - 1, co, A, S, factors)
     return y, A, S
 
 
 def _chunks(spec, q, k, v, gates, A, S, anchor, bounds):
     """Runs consecutive chunks [(start, end, tokens already in the chunk), ...] of the [B, H, T, ...] inputs."""
-    b, ys = spec.chunk_size, []
+    ys = []
     for start, end, before in bounds:
-        sl = slice(start, end)
-        pad = lambda x: F.pad(x[:, :, sl], (0, 0) * (x.dim() - 3) + (0, b - (end - start)))  # noqa: E731
-        cg = {n: pad(g) for n, g in gates.items()}
-        if "delta" in cg:
-            cg["delta"] = cg["delta"] + (cg["delta"] == 0).to(cg["delta"].dtype)  # padded tokens: delta 1
         if anchor is None:
             anchor = spec.retention.boundary(A)
-        y, A, S = _chunk(spec, pad(q), pad(k), pad(v), cg, A, S, anchor, end - start)
-        ys.append(y[:, :, : end - start])
-        anchor = None if before + end - start == b else anchor
+        sl = slice(start, end)
+        y, A, S = _chunk(spec, q[:, :, sl], k[:, :, sl], v[:, :, sl], {n: g[:, :, sl] for n, g in gates.items()},
+                         A, S, anchor)
+        ys.append(y)
+        anchor = None if before + end - start == spec.chunk_size else anchor
     return torch.cat(ys, dim=2), A, S, anchor
 
 
