@@ -1,0 +1,1 @@
+"""Token mixers (forward(x, state) -> (y, state)) and their building blocks."""

@@ -1,0 +1,117 @@
+"""The MIRAS / Titans memory layer: any spec of the design space as a token mixer.
+
+x -> q, k, v projections -> depthwise causal conv (k = 4) + SiLU -> L2-normalized q, k ->
+data-dependent gates from low-rank projections of x -> memory op (chunked, equal to the
+recurrence) -> per-head RMSNorm -> SiLU(linear gate of x) -> output projection.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops import MemoryState, initial_state
+from ..ops.dispatch import memory_op
+from ..spec import MirasSpec
+from ..spec.errors import require
+from .conv import ShortConv
+
+
+@dataclass
+class MemoryLayerState:
+    memory: MemoryState
+    conv: dict[str, Tensor]          # "q" / "k" / "v" -> [B, K - 1, C]
+
+
+class LowRankGate(nn.Module):
+    """x [B, T, D] -> [B, T, H] (or [B, T, H, per]) pre-activation, through a rank-r bottleneck."""
+
+    def __init__(self, d_model: int, heads: int, rank: int, per: int = 1, bias: float = 0.0):
+        super().__init__()
+        self.shape = (heads,) if per == 1 else (heads, per)
+        self.down = nn.Linear(d_model, rank, bias=False)
+        self.up = nn.Linear(rank, heads * per)
+        nn.init.zeros_(self.up.weight)
+        nn.init.constant_(self.up.bias, bias)
+        self.up.bias._no_weight_decay = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.up(self.down(x)).view(*x.shape[:2], *self.shape)
+
+
+class MemoryLayer(nn.Module):
+    """A memory of `spec` per head. x: [B, T, D] -> y: [B, T, D].
+
+    Gates (bounded activations; initial values in parentheses):
+      lr        = lr_max * sigmoid(.)                  (lr_max * sigmoid(-2): a small first step)
+      log_alpha = logsigmoid(.)                        (logsigmoid(5): retention ~ 0.993)
+                  RetNet (constant decay): log(1 - 2^(-5 - h)) per head, not data-dependent
+      beta      = beta_max * sigmoid(.)                (momentum ~ 0.6)
+      delta     = softplus(.) + 1e-3                   (Huber threshold ~ 1)
+    """
+
+    def __init__(self, spec: MirasSpec, d_model: int, heads: int, head_dim: int | None = None, gate_rank: int = 32,
+                 conv_kernel: int = 4, lr_max: float | None = None, beta_max: float = 0.999, mode: str = "auto",
+                 checkpoint_chunks: int = 0):
+        super().__init__()
+        require(heads >= 1, "heads", heads, ">= 1")
+        require(head_dim is not None or d_model % heads == 0, "heads", heads,
+                f"a divisor of d_model={d_model} (or pass head_dim)", "pick heads so that d_model % heads == 0")
+        require(gate_rank >= 1, "gate_rank", gate_rank, ">= 1", "the papers use 32-64")
+        self.spec, self.heads, self.mode, self.checkpoint_chunks = spec, heads, mode, checkpoint_chunks
+        self.head_dim = hd = head_dim or d_model // heads
+        inner = heads * hd
+        self.lr_max = lr_max if lr_max is not None else (1.0 if spec.memory.is_matrix else 0.1)
+        self.beta_max = beta_max
+        self.proj = nn.ModuleDict({n: nn.Linear(d_model, inner, bias=False) for n in "qkv"})
+        self.conv = nn.ModuleDict({n: ShortConv(inner, conv_kernel) for n in "qkv"})
+        per = hd if spec.retention.per_channel else 1
+        init = {"lr": -2.0, "log_alpha": 5.0, "beta": 0.5, "delta": 0.5}
+        data_dependent = getattr(spec.retention, "data_dependent", True)
+        self.gates = nn.ModuleDict({n: LowRankGate(d_model, heads, gate_rank, per if n == "log_alpha" else 1, init[n])
+                                    for n in spec.gates if n != "log_alpha" or data_dependent})
+        if "log_alpha" in spec.gates and not data_dependent:
+            self.register_buffer("const_log_alpha", torch.log1p(-torch.pow(2.0, -5.0 - torch.arange(heads).float())))
+        self.W0 = nn.ParameterDict({n: nn.Parameter(w) for n, w in spec.memory.init_state(heads, hd, hd).items()})
+        for w in self.W0.values():
+            w._no_weight_decay = True
+        self.out_norm = nn.RMSNorm(hd, eps=1e-6)
+        self.out_gate = nn.Linear(d_model, inner, bias=False)
+        self.out_proj = nn.Linear(inner, d_model, bias=False)
+
+    def gate_values(self, x: Tensor) -> dict[str, Tensor]:
+        """The bounded gates of x [B, T, D], each [B, T, H] (log_alpha [B, T, H, d] per channel), fp32."""
+        raw = {n: g(x).float() for n, g in self.gates.items()}
+        out = {}
+        if "lr" in raw:
+            out["lr"] = self.lr_max * torch.sigmoid(raw["lr"])
+        if "log_alpha" in self.spec.gates:
+            out["log_alpha"] = (F.logsigmoid(raw["log_alpha"]) if "log_alpha" in raw
+                                else self.const_log_alpha.expand(*x.shape[:2], self.heads))
+        if "beta" in raw:
+            out["beta"] = self.beta_max * torch.sigmoid(raw["beta"])
+        if "delta" in raw:
+            out["delta"] = F.softplus(raw["delta"]) + 1e-3
+        return out
+
+    def initial_state(self, batch: int) -> MemoryState:
+        W0 = {n: w.float() for n, w in self.W0.items()}
+        return initial_state(self.spec, batch, W0)
+
+    def forward(self, x: Tensor, state: MemoryLayerState | None = None) -> tuple[Tensor, MemoryLayerState]:
+        B, T, _ = x.shape
+        conv_state = state.conv if state is not None else {}
+        feats, new_conv = {}, {}
+        for n in "qkv":
+            feats[n], new_conv[n] = self.conv[n](self.proj[n](x), conv_state.get(n))
+        q, k, v = (feats[n].view(B, T, self.heads, self.head_dim) for n in "qkv")
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        mem = state.memory if state is not None else self.initial_state(B)
+        y, mem = memory_op(self.spec, q, k, v, self.gate_values(x), mem, self.mode, self.checkpoint_chunks)
+        y = self.out_norm(y.to(x.dtype)).reshape(B, T, -1) * F.silu(self.out_gate(x))
+        return self.out_proj(y), MemoryLayerState(mem, new_conv)
+
+    def extra_repr(self) -> str:
+        return f"spec={self.spec}, heads={self.heads}, head_dim={self.head_dim}, lr_max={self.lr_max:g}"

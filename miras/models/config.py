@@ -1,0 +1,88 @@
+"""MirasConfig: one language model = a preset (or a pattern of mixers) + sizes. Plain data, validated."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from ..spec import get_preset
+from ..spec.errors import require
+
+MIXERS = ("attention", "swa", "memory", "mamba2", "ttt", "memory+swa", "titans-mal", "titans-mag", "titans-mac")
+
+
+@dataclass
+class MirasConfig:
+    """The language model: embedding -> n_layers x (pre-norm mixer + pre-norm SwiGLU) -> norm -> tied head.
+
+    preset: the memory spec of every "memory"-like mixer (see `miras presets`).
+    layer_pattern: mixer names repeated cyclically over the layers (e.g. ["memory", "memory", "swa"]);
+        None = the preset's own block.
+    window: sliding-window size of "swa" / hybrid attention. segment: Titans MAC segment length.
+    chunk_size: override of the preset's memory chunk size (None keeps it).
+    """
+
+    preset: str = "gated-deltanet"
+    vocab_size: int = 256
+    d_model: int = 64
+    n_layers: int = 2
+    heads: int = 2
+    head_dim: int | None = None
+    mlp_ratio: float = 8.0 / 3.0
+    layer_pattern: list[str] | None = None
+    window: int = 256
+    persistent_tokens: int = 0
+    segment: int = 64
+    chunk_size: int | None = None
+    gate_rank: int = 32
+    d_state: int = 64
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+    checkpoint_chunks: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        get_preset(self.preset)  # raises with the valid names
+        for name in ("vocab_size", "d_model", "n_layers", "heads", "window", "segment", "gate_rank", "d_state"):
+            value = getattr(self, name)
+            require(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
+        require(self.head_dim is not None or self.d_model % self.heads == 0, "heads", self.heads,
+                f"a divisor of d_model={self.d_model}", "change heads or set head_dim")
+        require(self.persistent_tokens >= 0, "persistent_tokens", self.persistent_tokens, ">= 0")
+        require(self.chunk_size is None or self.chunk_size >= 1, "chunk_size", self.chunk_size, "None or >= 1")
+        require(self.mlp_ratio > 0, "mlp_ratio", self.mlp_ratio, "> 0")
+        for mixer in self.pattern:
+            require(mixer in MIXERS, "layer_pattern", mixer, f"mixers from {MIXERS}",
+                    "e.g. layer_pattern=['memory', 'memory', 'swa']")
+
+    @property
+    def pattern(self) -> list[str]:
+        """The mixer of every layer."""
+        base = self.layer_pattern or [_BLOCK_MIXER[get_preset(self.preset).block]]
+        return [base[i % len(base)] for i in range(self.n_layers)]
+
+    @property
+    def spec(self):
+        spec = get_preset(self.preset).spec
+        return spec.with_chunk_size(self.chunk_size) if self.chunk_size else spec
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MirasConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        require(not unknown, "config keys", unknown, f"keys of MirasConfig: {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+_BLOCK_MIXER = {"attention": "attention", "memory": "memory", "mamba2": "mamba2", "ttt": "ttt",
+                "memory+swa": "memory+swa", "titans-mal": "titans-mal", "titans-mag": "titans-mag",
+                "titans-mac": "titans-mac"}
+
+# name -> (d_model, heads, target parameters); n_layers is solved to match the target (sizes.py).
+SIZES = {"tiny": (64, 2, None), "small": (256, 4, 12e6), "170M": (768, 12, 170e6), "340M": (1024, 16, 340e6),
+         "760M": (1536, 24, 760e6), "1.3B": (2048, 32, 1.3e9)}

@@ -1,0 +1,78 @@
+"""The language model: embedding -> blocks (pre-norm mixer + pre-norm SwiGLU) -> RMSNorm -> tied head."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..spec.errors import require
+from .config import MirasConfig
+from .mixers import build_mixer
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d_model: int, ratio: float):
+        super().__init__()
+        hidden = 8 * max(1, round(ratio * d_model / 8))
+        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, config: MirasConfig, mixer: str):
+        super().__init__()
+        self.mixer_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.mixer = build_mixer(config, mixer)
+        self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.mlp = SwiGLU(config.d_model, config.mlp_ratio)
+
+    def forward(self, x: Tensor, state=None):
+        h, state = self.mixer(self.mixer_norm(x), state)
+        x = x + h
+        return x + self.mlp(self.mlp_norm(x)), state
+
+
+class MirasLM(nn.Module):
+    """input_ids [B, T] (+ per-layer states) -> logits [B, T, vocab] and the new states.
+
+    Feeding a sequence in pieces with the returned states equals one call; decoding one token at a
+    time costs the same at any context length for recurrent mixers.
+    """
+
+    def __init__(self, config: MirasConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config, mixer) for mixer in config.pattern)
+        self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        if config.tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    def forward(self, input_ids: Tensor, states: list | None = None) -> tuple[Tensor, list]:
+        if input_ids.numel():
+            lo, hi = int(input_ids.min()), int(input_ids.max())
+            require(lo >= 0 and hi < self.config.vocab_size, "input_ids", f"range [{lo}, {hi}]",
+                    f"ids in [0, {self.config.vocab_size})", "check the tokenizer matches the model's vocab_size")
+        states = states or [None] * len(self.blocks)
+        x = self.embed(input_ids)
+        new_states = []
+        for block, state in zip(self.blocks, states):
+            x, state = block(x, state)
+            new_states.append(state)
+        return self.head(self.norm(x)), new_states
+
+    def loss(self, input_ids: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Next-token cross-entropy; labels default to input_ids shifted left (-100 is ignored)."""
+        logits, _ = self(input_ids)
+        if labels is None:
+            labels = F.pad(input_ids[:, 1:], (0, 1), value=-100)
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
