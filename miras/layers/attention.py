@@ -103,5 +103,5 @@ class Attention(nn.Module):
         key = torch.arange(cached + T, device=device)
         mask = key <= query
         if self.window is not None:
-            mask &= query - key <= self.window
+            mask &= query - key < self.window
         return F.pad(mask, (self.persistent_tokens, 0), value=True)

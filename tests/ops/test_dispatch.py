@@ -1,0 +1,46 @@
+"""memory_op picks a fast path for every preset and equals the reference through it."""
+import pytest
+import torch
+
+from miras.ops import recurrent_reference
+from miras.ops.dispatch import memory_op, select_op
+from miras.ops.inputs import random_inputs
+from miras.spec import ConfigError, MirasSpec, get_preset
+from miras.spec.bias import L2
+from miras.spec.memory import matrix
+from miras.spec.optim import GD
+from miras.spec.retention import Decay
+
+EXPECTED = {"transformer": "attention", "linear-attention": "ssd", "retnet": "ssd", "mamba2": "ssd",
+            "deltanet": "delta", "gated-deltanet": "delta", "ttt-linear": "minibatch", "ttt-mlp": "minibatch",
+            "titans-lmm": "minibatch", "moneta": "minibatch", "yaad": "minibatch", "memora": "minibatch"}
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_auto_equals_reference_with_gradients(name):
+    spec = get_preset(name).spec
+    assert select_op(spec) == EXPECTED[name]
+    results = []
+    for mode in ("reference", "auto"):
+        q, k, v, gates, state = random_inputs(spec, seqlen=70, requires_grad=True)
+        y, final = memory_op(spec, q, k, v, gates, state, mode=mode)
+        leaves = [q, k, v, *gates.values(), *state.A.values()]
+        grads = torch.autograd.grad(y.pow(2).sum() + sum(a.sum() for a in final.A.values()), leaves)
+        results.append((y, final.A, grads))
+    (y0, A0, g0), (y1, A1, g1) = results
+    torch.testing.assert_close(y1, y0, rtol=1e-9, atol=1e-10)
+    for n in A0:
+        torch.testing.assert_close(A1[n], A0[n], rtol=1e-9, atol=1e-10)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_per_channel_l2_has_no_chunked_form_and_says_so():
+    spec = MirasSpec(matrix(), L2(), Decay(per_channel=True), GD())
+    q, k, v, gates, state = random_inputs(spec, seqlen=5)
+    y, _ = memory_op(spec, q, k, v, gates, state)                         # auto: falls back to the reference
+    torch.testing.assert_close(y, recurrent_reference(spec, q, k, v, gates, state)[0])
+    with pytest.raises(ConfigError, match="mode='chunked'.*per-channel"):
+        memory_op(spec, q, k, v, gates, state, mode="chunked")
+    with pytest.raises(ConfigError, match="mode='fast'.*allowed one of"):
+        memory_op(spec, q, k, v, gates, state, mode="fast")
