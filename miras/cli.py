@@ -1,4 +1,4 @@
-"""`miras` command line: presets, demo (and later bench, train, eval, compare, generate)."""
+"""`miras` command line: presets, demo, bench, train (and later eval, compare, generate)."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +23,21 @@ def _demo(args) -> None:
     print(format_table(run_demo(args.seqlen, args.heads, args.d_head)))
 
 
+def _bench(args) -> None:
+    from .bench.ops import main as bench_ops
+    bench_ops(args.flags)
+
+
+def _train(args) -> None:
+    from .train.config import load_run_config
+    from .train.trainer import train
+    cfg = load_run_config(args.config, args.overrides)
+    summary = train(cfg, resume=args.resume)
+    if summary.get("run_dir"):
+        print(f"done: {summary['steps']} steps, loss {summary.get('loss', float('nan')):.4f}, "
+              f"val_loss {summary.get('val_loss', float('nan')):.4f}, run folder {summary['run_dir']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="miras", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -32,8 +47,22 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--heads", type=int, default=2)
     demo.add_argument("--d-head", type=int, default=16)
     demo.set_defaults(fn=_demo)
+    bench = sub.add_parser("bench", help="benchmarks; `miras bench ops --help` lists the flags")
+    bench.add_argument("what", choices=["ops"], help="ops: every memory op against its recurrent reference")
+    bench.add_argument("flags", nargs=argparse.REMAINDER, help="forwarded to the benchmark")
+    bench.set_defaults(fn=_bench)
+    train = sub.add_parser("train", help="train a model (config file + section.key=value overrides)")
+    train.add_argument("--config", help="a .json / .toml / .yaml run config")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in run.out_dir")
+    train.add_argument("overrides", nargs="*", help="e.g. model.preset=moneta optim.steps=500 run.out_dir=runs/x")
+    train.set_defaults(fn=_train)
     args = parser.parse_args(argv)
-    args.fn(args)
+    from .spec.errors import ConfigError
+    try:
+        args.fn(args)
+    except ConfigError as err:  # bad input: one clear line, no traceback
+        print(f"miras {args.command}: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -10,6 +10,11 @@ from .config import MirasConfig
 from .mixers import build_mixer
 
 
+def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean token cross-entropy in fp32; logits [B, T, V], labels [B, T] (-100 ignored)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
 class SwiGLU(nn.Module):
     def __init__(self, d_model: int, ratio: float):
         super().__init__()
@@ -69,10 +74,9 @@ class MirasLM(nn.Module):
 
     def loss(self, input_ids: Tensor, labels: Tensor | None = None) -> Tensor:
         """Next-token cross-entropy; labels default to input_ids shifted left (-100 is ignored)."""
-        logits, _ = self(input_ids)
         if labels is None:
             labels = F.pad(input_ids[:, 1:], (0, 1), value=-100)
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return cross_entropy(self(input_ids)[0], labels)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
