@@ -43,7 +43,8 @@ class LMBatches:
     Each row is a window of seq_len + 1 consecutive tokens starting at a uniformly random position
     (windows may cross document boundaries, marked by eos); labels are the inputs shifted by one.
     rank / world_size: this process's data-parallel rank and the number of ranks (rank < world_size);
-    the global batch of a step is world_size * batch_size rows.
+    the global batch of a step is world_size * batch_size rows drawn from (seed, step) alone, and rank r
+    takes rows [r * batch_size, (r + 1) * batch_size): any world size sees the same global batch.
     """
 
     def __init__(self, tokens, seq_len: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
@@ -58,9 +59,10 @@ class LMBatches:
     def batch(self, step: int) -> Batch:
         """The batch of `step` on this rank: the same (seed, step, rank) always gives the same tensors."""
         require(step >= 0, "step", step, ">= 0")
-        gen = torch.Generator().manual_seed(step_seed(self.seed, step, self.rank))
-        starts = torch.randint(0, len(self.tokens) - self.seq_len, (self.batch_size,), generator=gen)
-        return _windows(self.tokens, starts.numpy(), self.seq_len)
+        gen = torch.Generator().manual_seed(step_seed(self.seed, step, 0))
+        starts = torch.randint(0, len(self.tokens) - self.seq_len, (self.world_size * self.batch_size,), generator=gen)
+        mine = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        return _windows(self.tokens, mine.numpy(), self.seq_len)
 
 
 def val_batches(tokens, seq_len: int, batch_size: int, max_batches: int | None = None) -> Iterator[Batch]:

@@ -106,6 +106,18 @@ class MetricsLog:
 
 
 @torch.no_grad()
+def rank_param_divergence(model: torch.nn.Module) -> float:
+    """max |p - p on rank 0| over every parameter and rank (0.0 when data parallelism kept them equal)."""
+    worst = torch.zeros(())
+    for p in model.parameters():
+        ref = p.detach().clone()
+        dist.broadcast(ref, 0)
+        worst = torch.maximum(worst, (p.detach() - ref).abs().max().cpu())
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    return worst.item()
+
+
+@torch.no_grad()
 def evaluate(model, batches, device, autocast) -> float:
     model.eval()
     total, count = 0.0, 0
@@ -200,5 +212,10 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
             save_checkpoint(run_dir, step, model, optimizer, {**meta, "metrics": last}, cfg.run.keep_last)
         if out_of_time:
             break
+    if d.world > 1 and not cfg.run.fsdp:
+        last["rank_max_param_diff"] = rank_param_divergence(model)
+        if d.main:
+            (run_dir / "distributed_check.json").write_text(json.dumps(
+                {"world_size": d.world, "max_param_diff_vs_rank0": last["rank_max_param_diff"]}))
     return {**last, "steps": step, "run_dir": str(run_dir), "unigram_loss": data.unigram_loss,
             "tokenizer": data.tokenizer_name, "parameters": model.num_parameters()}

@@ -1,0 +1,37 @@
+"""A 2-process gloo run under torchrun equals a 1-process run with the same global batch."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+from miras.train.checkpoint import list_checkpoints
+
+ARGS = ["model.preset=gated-deltanet", "model.d_model=32", "model.heads=2", "model.n_layers=2", "data.seq_len=32",
+        "optim.steps=4", "optim.warmup_steps=1", "run.save_every=4", "run.eval_every=100", "run.threads=1"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd, out_dir):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd + ARGS + [f"run.out_dir={out_dir}"], check=True, env=env, capture_output=True, timeout=300)
+
+
+def test_ddp_gloo_two_ranks_match_one_process(tmp_path):
+    run([sys.executable, "-m", "miras.cli", "train", "optim.batch_size=8"], tmp_path / "one")
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+         f"--master_port={free_port()}", "-m", "miras.cli", "train", "optim.batch_size=4"], tmp_path / "two")
+    check = json.loads((tmp_path / "two" / "distributed_check.json").read_text())
+    assert check == {"world_size": 2, "max_param_diff_vs_rank0": 0.0}
+    one, two = (load_file(str(list_checkpoints(tmp_path / d)[-1] / "model.safetensors")) for d in ("one", "two"))
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
