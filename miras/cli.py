@@ -1,7 +1,8 @@
-"""`miras` command line: presets, demo, bench, train (and later eval, compare, generate)."""
+"""`miras` command line: presets, demo, bench, train, eval, compare."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import torch
@@ -38,6 +39,37 @@ def _train(args) -> None:
               f"val_loss {summary.get('val_loss', float('nan')):.4f}, run folder {summary['run_dir']}")
 
 
+def _eval(args) -> None:
+    from .eval.evaluate import evaluate_run
+    results = evaluate_run(args.run, args.lengths, args.depths, args.needles, args.windows, args.tokenizer)
+    print(json.dumps(results, indent=2))
+    print(f"written: {args.run}/eval/results.json and plots")
+
+
+def _compare(args) -> None:
+    from .eval.compare import CompareConfig, compare, markdown_table
+    cfg = CompareConfig(**{k: v for k, v in vars(args).items() if k in CompareConfig.__dataclass_fields__})
+    rows = compare(cfg)
+    print("\n" + markdown_table(rows))
+    print(f"\ntable, csv, results.json and plots (loss.png, accuracy_vs_length.png, throughput_vs_length.png) "
+          f"in {cfg.out_dir}")
+
+
+def _add_compare_flags(parser: argparse.ArgumentParser) -> None:
+    from dataclasses import MISSING, fields
+
+    from .eval.compare import CompareConfig
+    for f in fields(CompareConfig):
+        default = f.default if f.default is not MISSING else f.default_factory()
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, list):
+            kind = int if default and isinstance(default[0], int) else str
+            parser.add_argument(flag, type=lambda s, k=kind: [k(x) for x in s.split(",")], default=default,
+                                help=f"comma-separated (default {','.join(map(str, default))})")
+        else:
+            parser.add_argument(flag, type=type(default), default=default, help=f"(default {default})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="miras", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in run.out_dir")
     train.add_argument("overrides", nargs="*", help="e.g. model.preset=moneta optim.steps=500 run.out_dir=runs/x")
     train.set_defaults(fn=_train)
+    ev = sub.add_parser("eval", help="evaluate a run folder: perplexity by position + S-NIAH, or MQAR")
+    ev.add_argument("run", help="the run.out_dir of a `miras train` run")
+    ev.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=[1024, 2048],
+                    help="context lengths (comma-separated; default 1024,2048)")
+    ev.add_argument("--depths", type=int, default=5, help="needle depths (default 5)")
+    ev.add_argument("--needles", type=int, default=2, help="needles per (depth, length) cell (default 2)")
+    ev.add_argument("--windows", type=int, default=4, help="perplexity windows (default 4)")
+    ev.add_argument("--tokenizer", help="tokenizer folder, when the run has none")
+    ev.set_defaults(fn=_eval)
+    cmp_ = sub.add_parser("compare", help="train several presets on MQAR with one budget; table + plots")
+    _add_compare_flags(cmp_)
+    cmp_.set_defaults(fn=_compare)
     args = parser.parse_args(argv)
     from .spec.errors import ConfigError
     try:

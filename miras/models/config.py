@@ -38,6 +38,7 @@ class MirasConfig:
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     checkpoint_chunks: int = 0
+    max_context: int = 0             # longest sequence evaluation accepts (0: unbounded)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):

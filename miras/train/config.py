@@ -17,6 +17,8 @@ class DataConfig:
     bpe_vocab: int = 4096
     seq_len: int = 256
     val_fraction: float = 0.1
+    mqar_pairs: int = 16              # task=mqar: key-value pairs per sequence
+    mqar_vocab: int = 256             # task=mqar: vocabulary (keys: lower half, values: upper half)
 
 
 @dataclass

@@ -1,0 +1,138 @@
+"""`miras compare`: train several presets on one synthetic recall task with one budget, evaluate, tabulate, plot.
+
+Every model gets the same d_model / n_layers / heads, data, steps and wall-clock cap; the table reports each
+model's parameter count and recurrent state size (the zoology axis: recall vs state size), training cost,
+and MQAR accuracy at the training length and at longer sequences.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..models import MirasConfig
+from ..models.state_tree import flatten_tensors
+from ..spec import get_preset
+from ..train.config import DataConfig, OptimConfig, RunConfig, RunOptions
+from ..train.trainer import train
+from .load import load_run
+from .mqar import MQAR, mqar_accuracy
+from .plots import line_plot
+
+DEFAULT_PRESETS = ("transformer", "mamba2", "gated-deltanet", "titans-lmm", "moneta")
+
+
+@dataclass
+class CompareConfig:
+    presets: list[str] = field(default_factory=lambda: list(DEFAULT_PRESETS))
+    seq_len: int = 128
+    pairs: int = 8
+    vocab: int = 256
+    d_model: int = 64
+    heads: int = 2
+    n_layers: int = 2
+    chunk_size: int = 16
+    steps: int = 400
+    minutes: float = 2.5             # wall-clock cap per model (0: none)
+    batch_size: int = 32
+    lr: float = 3e-3
+    eval_n: int = 256
+    eval_lengths: list[int] = field(default_factory=lambda: [128, 256, 512])
+    out_dir: str = "runs/compare"
+    seed: int = 0
+    threads: int = 0
+
+    def __post_init__(self):
+        for name in self.presets:
+            get_preset(name)  # ConfigError listing the valid names
+
+
+def run_config(c: CompareConfig, preset: str) -> RunConfig:
+    model = MirasConfig(preset=preset, vocab_size=c.vocab, d_model=c.d_model, heads=c.heads, n_layers=c.n_layers,
+                        chunk_size=c.chunk_size, window=c.seq_len, segment=c.seq_len // 2, d_state=32)
+    return RunConfig(
+        model=model,
+        data=DataConfig(task="mqar", seq_len=c.seq_len, mqar_pairs=c.pairs, mqar_vocab=c.vocab),
+        optim=OptimConfig(lr=c.lr, steps=c.steps, batch_size=c.batch_size, warmup_steps=min(50, c.steps // 10)),
+        run=RunOptions(out_dir=str(Path(c.out_dir) / preset), seed=c.seed, log_every=max(1, c.steps // 10),
+                       eval_every=c.steps, save_every=c.steps, keep_last=1, threads=c.threads,
+                       max_minutes=c.minutes))
+
+
+@torch.no_grad()
+def state_floats(model, length: int, vocab: int) -> int:
+    """Floats of recurrent state (all layers) for one sequence after `length` tokens (grows for attention)."""
+    _, states = model(torch.randint(0, vocab, (1, length)))
+    return sum(t.numel() for t in flatten_tensors(states).values() if t.dim() > 0)
+
+
+@torch.no_grad()
+def evaluate_mqar(model, c: CompareConfig) -> dict:
+    out = {}
+    for length in c.eval_lengths:
+        task = MQAR(seq_len=length, num_kv_pairs=c.pairs, vocab_size=c.vocab, seed=c.seed + 1)
+        start = time.perf_counter()
+        out[f"acc@{length}"] = mqar_accuracy(model, task, n=c.eval_n, batch_size=32)
+        out[f"eval_tok_s@{length}"] = c.eval_n * length / (time.perf_counter() - start)
+    return out
+
+
+def compare(c: CompareConfig) -> list[dict]:
+    """Trains and evaluates every preset; writes table.md, table.csv, results.json and PNG plots to c.out_dir."""
+    if c.threads:
+        torch.set_num_threads(c.threads)
+    out = Path(c.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for preset in c.presets:
+        print(f"== {preset}", flush=True)
+        summary = train(run_config(c, preset))
+        model, _, _ = load_run(Path(c.out_dir) / preset)
+        rows.append({"preset": preset, "params": model.num_parameters(),
+                     f"state@{c.seq_len}": state_floats(model, c.seq_len, c.vocab), "steps": summary["steps"],
+                     "train_s": round(summary["elapsed_s"], 1), "train_tok_s": round(summary["tokens_per_s"]),
+                     "loss": round(summary["loss"], 4), **evaluate_mqar(model, c)})
+        print(format_row(rows[-1]), flush=True)
+    write_results(c, rows)
+    return rows
+
+
+def format_row(row: dict) -> str:
+    return "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+
+
+def markdown_table(rows: list[dict]) -> str:
+    cols = list(rows[0])
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    return "\n".join(lines + ["| " + " | ".join(fmt(r[k]) for k in cols) + " |" for r in rows])
+
+
+def write_results(c: CompareConfig, rows: list[dict]) -> None:
+    out = Path(c.out_dir)
+    header = (f"MQAR: seq_len {c.seq_len}, {c.pairs} pairs, vocab {c.vocab}; d_model {c.d_model}, {c.n_layers} layers, "
+              f"{c.heads} heads; {c.steps} steps (cap {c.minutes} min/model), batch {c.batch_size}, lr {c.lr}; "
+              f"accuracy over {c.eval_n} held-out sequences per length\n\n")
+    (out / "table.md").write_text(header + markdown_table(rows) + "\n")
+    with open(out / "table.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "results.json").write_text(json.dumps({"config": asdict(c), "rows": rows}, indent=2))
+    lengths = c.eval_lengths
+    line_plot({r["preset"]: (lengths, [r[f"acc@{n}"] for n in lengths]) for r in rows}, out / "accuracy_vs_length.png",
+              "MQAR accuracy vs sequence length", "sequence length", "accuracy", logx=True,
+              hline=(1.0 / (c.vocab - c.vocab // 2), "chance"))
+    line_plot({r["preset"]: (lengths, [r[f"eval_tok_s@{n}"] for n in lengths]) for r in rows},
+              out / "throughput_vs_length.png", "Inference throughput (forward)", "sequence length", "tokens/s",
+              logx=True)
+    curves = {}
+    for r in rows:
+        metrics = [json.loads(x) for x in (out / r["preset"] / "metrics.jsonl").read_text().splitlines()]
+        train_rows = [m for m in metrics if m["kind"] == "train"]
+        curves[r["preset"]] = ([m["step"] for m in train_rows], [m["loss"] for m in train_rows])
+    line_plot(curves, out / "loss.png", "Training loss (MQAR, labeled positions)", "step", "loss")

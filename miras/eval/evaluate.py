@@ -1,0 +1,58 @@
+"""`miras eval RUN`: perplexity by position, S-NIAH grid (text runs) or MQAR accuracy by length (MQAR runs)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..data import load_documents, open_token_file, split_documents
+from ..spec.errors import require
+from .load import load_run
+from .mqar import MQAR, mqar_accuracy
+from .niah import NeedleTask, needle_accuracy
+from .perplexity import perplexity_by_position
+from .plots import heatmap, line_plot
+
+
+def check_length(model, length: int) -> None:
+    """A sequence longer than the model's declared context (config.max_context, 0 = unbounded) is refused."""
+    limit = model.config.max_context
+    require(not limit or length <= limit, "length", length, f"<= max_context={limit} of this model",
+            "evaluate shorter sequences; attention models keep every token, recurrent ones have no limit")
+
+
+def evaluate_run(run_dir: str | Path, lengths: list[int], depths: int = 5, needles: int = 2, windows: int = 4,
+                 tokenizer: str | None = None) -> dict:
+    """Evaluates a run folder and writes eval/results.json and PNG plots next to its checkpoints."""
+    model, tok, config = load_run(run_dir, tokenizer)
+    out = Path(run_dir) / "eval"
+    out.mkdir(exist_ok=True)
+    for length in lengths:
+        check_length(model, length)
+    data = config["data"]
+    if data["task"] == "mqar":
+        results = {"mqar": {str(n): mqar_accuracy(model, MQAR(seq_len=n, num_kv_pairs=data["mqar_pairs"],
+                                                             vocab_size=data["mqar_vocab"], seed=1), n=256)
+                            for n in lengths}}
+        line_plot({"mqar": (lengths, [results["mqar"][str(n)] for n in lengths])}, out / "mqar_vs_length.png",
+                  "MQAR accuracy vs length", "sequence length", "accuracy", logx=True)
+    else:
+        val = open_token_file(Path(run_dir) / "data" / "val.bin").tokens
+        ppl = perplexity_by_position(model, val, max(lengths), windows=windows)
+        line_plot({"loss": ([(b["lo"] + b["hi"]) / 2 for b in ppl["buckets"]], [b["loss"] for b in ppl["buckets"]])},
+                  out / "loss_by_position.png", "Validation loss by position", "position", "loss (nats)", logx=True)
+        grid = needle_grid(model, tok, lengths, depths, needles, data["corpus"])
+        heatmap(grid["accuracy"], grid["depths"], lengths, out / "niah_heatmap.png", "S-NIAH accuracy",
+                "context length", "needle depth")
+        results = {"perplexity": ppl, "niah": grid}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def needle_grid(model, tokenizer, lengths: list[int], n_depths: int, per_cell: int, corpus: str) -> dict:
+    """Accuracy for every (depth, length) cell: numbers in a real-text haystack from the run's corpus."""
+    _, val_docs = split_documents(load_documents(corpus))
+    depth_values = [i / (n_depths - 1) for i in range(n_depths)] if n_depths > 1 else [0.5]
+    acc = [[needle_accuracy(model, NeedleTask("numbers", context_tokens=n, depth=d, haystack="text",
+                                              documents=tuple(d.text for d in val_docs)), tokenizer, n=per_cell)
+            for n in lengths] for d in depth_values]
+    return {"depths": depth_values, "lengths": lengths, "accuracy": acc}

@@ -1,0 +1,47 @@
+"""PNG plots (matplotlib, optional extra `plots`): one function per figure, each writes one file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def line_plot(series: dict[str, tuple[list, list]], path: str | Path, title: str, xlabel: str, ylabel: str,
+              logx: bool = False, hline: tuple[float, str] | None = None) -> Path:
+    """series: name -> (xs, ys), one line each."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, label=name)
+    if hline is not None:
+        ax.axhline(hline[0], color="gray", linestyle="--", label=hline[1])
+    if logx:
+        ax.set_xscale("log", base=2)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def heatmap(grid: list[list[float]], rows: list, cols: list, path: str | Path, title: str, xlabel: str,
+            ylabel: str) -> Path:
+    """grid[i][j] in [0, 1] for rows[i] x cols[j] (e.g. needle depth x context length)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(cols), 1.2 + 0.35 * len(rows)))
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+    ax.set_xticks(range(len(cols)), [str(c) for c in cols])
+    ax.set_yticks(range(len(rows)), [f"{r:.2f}" if isinstance(r, float) else str(r) for r in rows])
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
