@@ -1,4 +1,4 @@
-# Set-up is part of every target: a fresh clone needs only `make demo` or `make test`.
+# Set-up is part of every target: a fresh clone needs only `make run` or `make test`.
 # TORCH: the torch requirement installed first. The default is the local CPU build; GPU users
 # install their own CUDA torch into the venv first, or run `make TORCH=torch test`.
 VENV ?= .venv
@@ -11,8 +11,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-.PHONY: setup demo test
+.PHONY: setup run demo test
 setup: $(VENV)/.installed
+
+# The main job: train and compare five presets on the embedded MQAR default (tables + plots in runs/compare).
+run: $(VENV)/.installed
+	$(VENV)/bin/miras compare
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/miras demo
