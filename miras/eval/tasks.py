@@ -1,7 +1,6 @@
 """The synthetic tasks by name, and their training data for the trainer (cfg.data.task != "text")."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Iterable
 

@@ -1,7 +1,6 @@
 """The language model: embedding -> blocks (pre-norm mixer + pre-norm SwiGLU) -> RMSNorm -> tied head."""
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

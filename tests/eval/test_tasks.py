@@ -157,7 +157,7 @@ def test_niah_prompt_has_exactly_context_tokens(tok, kind, length):
         text, value = tok.decode(prompt), tok.decode(answer)
         assert value.startswith(" ") and value.strip() == NEEDLE_RE.search(text).group(3)
         assert tok.decode(prompt[position:]).startswith(f"One of the special magic {kind} for ")
-        assert text.endswith(f"mentioned in the provided text is:")
+        assert text.endswith("mentioned in the provided text is:")
 
 
 @pytest.mark.parametrize("length", [2048, 4096])

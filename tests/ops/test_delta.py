@@ -10,6 +10,8 @@ from miras.ops.delta import chunk_gated_delta_rule
 from miras.ops.inputs import random_inputs
 from miras.spec import get_preset
 
+from .helpers import rel_err, rel_errors
+
 PRESETS = ["deltanet", "gated-deltanet"]
 
 
@@ -46,23 +48,13 @@ def _with_grads(run, x):
     return {"o": y, "state": W, **{f"d{n}": g for n, g in zip(x, grads)}}
 
 
-def _rel(a, b):
-    """Relative RMS error of a against b (in float64)."""
-    a, b = a.detach().double(), b.detach().double()
-    return ((a - b).norm() / b.norm()).item()
-
-
-def _errors(got, want):
-    assert got.keys() == want.keys()
-    return {n: _rel(got[n], want[n]) for n in want}
-
 
 @pytest.mark.parametrize("chunk_size", [16, 64], ids=lambda c: f"C{c}")
 @pytest.mark.parametrize("seqlen", [1, 7, 63, 64, 65, 200], ids=lambda t: f"T{t}")
 @pytest.mark.parametrize("name", PRESETS)
 def test_matches_reference_in_float64(name, seqlen, chunk_size):
     spec, x = _leaves(name, seqlen)
-    errs = _errors(_with_grads(lambda x: _chunked(x, chunk_size), x), _with_grads(lambda x: _reference(spec, x), x))
+    errs = rel_errors(_with_grads(lambda x: _chunked(x, chunk_size), x), _with_grads(lambda x: _reference(spec, x), x))
     assert max(errs.values()) <= 1e-9, errs
 
 
@@ -72,7 +64,7 @@ def test_rectangular_state(name, d_k, d_v):
     spec, x = _leaves(name, 37, d_k=d_k, d_v=d_v)
     got = _with_grads(lambda x: _chunked(x, 16), x)
     assert got["o"].shape == (2, 37, 2, d_v) and got["state"].shape == (2, 2, d_v, d_k)
-    errs = _errors(got, _with_grads(lambda x: _reference(spec, x), x))
+    errs = rel_errors(got, _with_grads(lambda x: _reference(spec, x), x))
     assert max(errs.values()) <= 1e-9, errs
 
 
@@ -84,7 +76,7 @@ def test_float32_is_close_to_the_float64_reference(name, seqlen, chunk_size):
     x64 = {n: t.detach().double().requires_grad_() for n, t in x32.items()}
     got = _with_grads(lambda x: _chunked(x, chunk_size), x32)
     assert all(t.dtype == torch.float32 for t in got.values())
-    errs = _errors(got, _with_grads(lambda x: _reference(spec, x), x64))
+    errs = rel_errors(got, _with_grads(lambda x: _reference(spec, x), x64))
     assert max(errs.values()) <= 1e-5, errs
 
 
@@ -100,7 +92,7 @@ def test_state_carried_across_two_calls_equals_one_call(name, split):
     tail = {n: t[:, split:] for n, t in x.items() if n != "W0"}
     o2, end = chunk_gated_delta_rule(tail["q"], tail["k"], tail["v"], tail.get("g"), tail["beta"],
                                      initial_state=mid, output_final_state=True, chunk_size=16)
-    assert _rel(torch.cat([o1, o2], 1), o) <= 1e-12 and _rel(end, S) <= 1e-12
+    assert rel_err(torch.cat([o1, o2], 1), o) <= 1e-12 and rel_err(end, S) <= 1e-12
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -109,8 +101,8 @@ def test_batch_rows_are_independent(name):
     _, other = _leaves(name, 40, seed=7)
     mixed = {n: torch.cat([t[:1], other[n][1:]]) for n, t in x.items()}
     (o, S), (o_mixed, S_mixed) = _chunked(x, 16), _chunked(mixed, 16)
-    assert _rel(o_mixed[0], o[0]) <= 1e-13 and _rel(S_mixed[0], S[0]) <= 1e-13
-    assert _rel(o_mixed[1], o[1]) > 1e-2
+    assert rel_err(o_mixed[0], o[0]) <= 1e-13 and rel_err(S_mixed[0], S[0]) <= 1e-13
+    assert rel_err(o_mixed[1], o[1]) > 1e-2
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -118,7 +110,7 @@ def test_default_scale_is_inverse_sqrt_dk(name):
     spec, x = _leaves(name, 20, d_k=4, d_v=6)
     o, S = _chunked(x, 16, scale=None)
     y, W = _reference(spec, {**x, "q": x["q"] * 4 ** -0.5})
-    assert _rel(o, y) <= 1e-12 and _rel(S, W) <= 1e-12
+    assert rel_err(o, y) <= 1e-12 and rel_err(S, W) <= 1e-12
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64],
@@ -129,7 +121,7 @@ def test_output_keeps_the_input_dtype_and_the_state_is_at_least_float32(dtype):
     o, S = chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"], output_final_state=True, chunk_size=4)
     assert o.dtype == dtype and S.dtype == torch.promote_types(dtype, torch.float32)
     o32, _ = chunk_gated_delta_rule(*(x[n].float() for n in ("q", "k", "v", "g", "beta")), chunk_size=4)
-    assert _rel(o, o32) <= 1e-2
+    assert rel_err(o, o32) <= 1e-2
 
 
 def test_no_final_state_unless_asked():

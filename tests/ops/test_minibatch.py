@@ -11,6 +11,8 @@ from miras.spec.memory import MLPMemory, matrix
 from miras.spec.optim import GD, Momentum
 from miras.spec.retention import Decay, ElasticNet, KLSoftmax, LqNormalization, NoRetention
 
+from .helpers import rel_err
+
 SPECS = {name: get_preset(name).spec for name in ("ttt-linear", "ttt-mlp", "titans-lmm", "moneta", "yaad", "memora")}
 SPECS.update({
     "robust+elastic+momentum": MirasSpec(MLPMemory(depth=2, expansion=2), ValueShiftRobustL2(0.2), ElasticNet(1e-3),
@@ -21,10 +23,6 @@ SPECS.update({
     "mlp2-plain+l2+none": MirasSpec(MLPMemory(depth=2, residual=False, norm=False, activation="tanh"), L2(),
                                     NoRetention(), GD()),
 })
-
-
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def run_both(spec, seqlen, dtype=torch.float64, seed=0, grads=False, checkpoint_chunks=0, batch=2, d_k=4,

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from miras.ops import MemoryState, recurrent_reference
 from miras.ops.inputs import random_inputs
 from miras.spec import ConfigError, MirasSpec, get_preset, list_presets
-from miras.spec.bias import L2, DotProduct
+from miras.spec.bias import L2
 from miras.spec.memory import MLPMemory, matrix
 from miras.spec.optim import GD, Delta
 from miras.spec.retention import Decay, KLSoftmax, NoRetention

@@ -19,6 +19,8 @@ from miras.spec.memory import matrix
 from miras.spec.optim import GD
 from miras.spec.retention import Decay
 
+from .helpers import rel_err, rel_errors
+
 SPECS = {**{n: get_preset(n).spec for n in ("linear-attention", "retnet", "mamba2")},
          "gla": MirasSpec(matrix(), DotProduct(), Decay(per_channel=True), GD())}
 NAMES = list(SPECS)
@@ -63,23 +65,13 @@ def _reference_results(name, seqlen, dtype):
     return _with_grads(lambda x: _reference(name, x), x)
 
 
-def _rel(a, b):
-    """Relative RMS error of a against b (in float64)."""
-    a, b = a.detach().double(), b.detach().double()
-    return ((a - b).norm() / b.norm()).item()
-
-
-def _errors(got, want):
-    assert got.keys() == want.keys()
-    return {n: _rel(got[n], want[n]) for n in want}
-
 
 @pytest.mark.parametrize("chunk_size", [16, 64], ids=lambda c: f"C{c}")
 @pytest.mark.parametrize("seqlen", [1, 7, 63, 64, 65, 200], ids=lambda t: f"T{t}")
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_reference_in_float64(name, seqlen, chunk_size):
     got = _with_grads(lambda x: _chunked(x, chunk_size), _leaves(name, seqlen))
-    errs = _errors(got, _reference_results(name, seqlen, torch.float64))
+    errs = rel_errors(got, _reference_results(name, seqlen, torch.float64))
     assert max(errs.values()) <= 1e-9, errs
 
 
@@ -89,7 +81,7 @@ def test_matches_reference_in_float64(name, seqlen, chunk_size):
 def test_float32_is_close_to_the_float64_reference(name, seqlen, chunk_size):
     got = _with_grads(lambda x: _chunked(x, chunk_size), _leaves(name, seqlen, dtype=torch.float32))
     assert all(t.dtype == torch.float32 for t in got.values())
-    errs = _errors(got, _reference_results(name, seqlen, torch.float32))
+    errs = rel_errors(got, _reference_results(name, seqlen, torch.float32))
     assert max(errs.values()) <= 1e-5, errs
 
 
@@ -103,7 +95,7 @@ def test_strong_decay_stays_finite_and_exact_in_float32(name):
     got = _with_grads(lambda x: _chunked(x, 64), x)
     want = _with_grads(lambda x: _reference(name, x), {n: t.detach().double().requires_grad_() for n, t in x.items()})
     assert all(t.isfinite().all() for t in got.values())
-    errs = _errors(got, want)
+    errs = rel_errors(got, want)
     assert max(errs.values()) <= 1e-5, errs
 
 
@@ -113,7 +105,7 @@ def test_rectangular_state(name, d_k, d_v):
     x = _leaves(name, 37, d_k=d_k, d_v=d_v)
     got = _with_grads(lambda x: _chunked(x, 16), x)
     assert got["out0"].shape == (2, 37, 2, d_v) and got["out1"].shape == (2, 2, d_v, d_k)
-    errs = _errors(got, _with_grads(lambda x: _reference(name, x), x))
+    errs = rel_errors(got, _with_grads(lambda x: _reference(name, x), x))
     assert max(errs.values()) <= 1e-9, errs
 
 
@@ -125,7 +117,7 @@ def test_state_carried_across_two_calls_equals_one_call(name, split):
     head = {n: t if n == "W0" else t[:, :split] for n, t in x.items()}
     o1, mid = _chunked(head, 16)
     o2, end = _chunked({**{n: t[:, split:] for n, t in x.items() if n != "W0"}, "W0": mid}, 16)
-    assert _rel(torch.cat([o1, o2], 1), o) <= 1e-12 and _rel(end, W) <= 1e-12
+    assert rel_err(torch.cat([o1, o2], 1), o) <= 1e-12 and rel_err(end, W) <= 1e-12
 
 
 @pytest.mark.parametrize("name", DISTINCT)
@@ -133,8 +125,8 @@ def test_batch_rows_are_independent(name):
     x, other = _leaves(name, 40), _leaves(name, 40, seed=7)
     mixed = {n: torch.cat([t[:1], other[n][1:]]) for n, t in x.items()}
     (o, W), (o_mixed, W_mixed) = _chunked(x, 16), _chunked(mixed, 16)
-    assert _rel(o_mixed[0], o[0]) <= 1e-13 and _rel(W_mixed[0], W[0]) <= 1e-13
-    assert _rel(o_mixed[1], o[1]) > 1e-2
+    assert rel_err(o_mixed[0], o[0]) <= 1e-13 and rel_err(W_mixed[0], W[0]) <= 1e-13
+    assert rel_err(o_mixed[1], o[1]) > 1e-2
 
 
 @pytest.mark.parametrize("name", ["linear-attention", "gla"])
@@ -142,7 +134,7 @@ def test_default_scale_is_inverse_sqrt_dk(name):
     x = _leaves(name, 20, d_k=4, d_v=6)
     o, W = _chunked(x, 16, scale=None)
     y, W_ref = _reference(name, {**x, "q": x["q"] * 4 ** -0.5})
-    assert _rel(o, y) <= 1e-12 and _rel(W, W_ref) <= 1e-12
+    assert rel_err(o, y) <= 1e-12 and rel_err(W, W_ref) <= 1e-12
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64],
@@ -152,7 +144,7 @@ def test_output_keeps_the_input_dtype_and_the_state_is_at_least_float32(dtype):
     o, S = chunk_gla(x["q"], x["k"], x["v"], x["g"], output_final_state=True, chunk_size=4)
     assert o.dtype == dtype and S.dtype == torch.promote_types(dtype, torch.float32)
     o32, _ = chunk_gla(*(x[n].float() for n in ("q", "k", "v", "g")), chunk_size=4)
-    assert _rel(o, o32) <= 1e-2
+    assert rel_err(o, o32) <= 1e-2
 
 
 def test_no_final_state_unless_asked_and_empty_sequences_keep_the_state():
@@ -196,7 +188,7 @@ def test_ssd_wrapper_is_the_mamba2_recurrence(ngroups, seqlen, chunk_size):
 
     got = _with_grads(run, x)
     assert got["out0"].shape == x["x"].shape and got["out1"].shape == x["h0"].shape
-    errs = _errors(got, _with_grads(lambda x: _mamba2_loop(**x), x))
+    errs = rel_errors(got, _with_grads(lambda x: _mamba2_loop(**x), x))
     assert max(errs.values()) <= 1e-9, errs
 
 
@@ -205,9 +197,9 @@ def test_ssd_wrapper_defaults_and_per_channel_skip():
     y = ssd(x["x"], x["dt"], x["A"], x["B"], x["C"], chunk_size=8)
     assert isinstance(y, torch.Tensor)
     y0, _ = _mamba2_loop(**{**x, "D": torch.zeros_like(x["D"]), "h0": torch.zeros_like(x["h0"])})
-    assert _rel(y, y0) <= 1e-12
+    assert rel_err(y, y0) <= 1e-12
     D = torch.randn(4, 3, dtype=torch.float64)
-    assert _rel(ssd(x["x"], x["dt"], x["A"], x["B"], x["C"], chunk_size=8, D=D), y0 + D * x["x"]) <= 1e-12
+    assert rel_err(ssd(x["x"], x["dt"], x["A"], x["B"], x["C"], chunk_size=8, D=D), y0 + D * x["x"]) <= 1e-12
 
 
 def test_bad_shapes_raise():

@@ -11,10 +11,10 @@ of g); only the state passing between chunks is sequential. Derivation: docs/ops
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ...spec.errors import require
+from ..chunks import to_chunks
 
 
 def chunk_gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None, beta: Tensor | None = None,
@@ -33,7 +33,7 @@ def chunk_gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = N
     g = k.new_zeros(B, T, H, dtype=dtype) if g is None else g
     beta = k.new_ones(B, T, H, dtype=dtype) if beta is None else beta
     S = k.new_zeros(B, H, K, v.shape[-1], dtype=dtype) if initial_state is None else initial_state.to(dtype)
-    q, k, v, g, beta = (_to_chunks(x.to(dtype), chunk_size) for x in (q, k, v, g, beta))
+    q, k, v, g, beta = (to_chunks(x.to(dtype), chunk_size) for x in (q, k, v, g, beta))
     gamma = g.cumsum(-1)                                    # [B, H, N, C]: log decay since the chunk start
     w, u = _wy_representation(k, v, beta, gamma)
     o, S = _state_passing(q * scale, k, w, u, gamma, S)
@@ -52,15 +52,6 @@ def _check(q, k, v, g, beta, initial_state, chunk_size):
     require(initial_state is None or tuple(initial_state.shape) == want, "initial_state.shape",
             None if initial_state is None else tuple(initial_state.shape), f"{want} = [B, H, K, V]")
     require(chunk_size >= 1, "chunk_size", chunk_size, ">= 1")
-
-
-def _to_chunks(x: Tensor, C: int) -> Tensor:
-    """[B, T, H, *d] -> [B, H, N, C, *d], zero-padded to N * C tokens (zero g and beta: the state is untouched)."""
-    x = x.transpose(1, 2)
-    pad = -x.shape[2] % C
-    if pad:
-        x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
-    return x.unflatten(2, (-1, C))
 
 
 def _decay_mask(gamma: Tensor, diagonal: int) -> Tensor:

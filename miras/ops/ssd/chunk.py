@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...spec.errors import require
+from ..chunks import to_chunks
 from ..segsum import segsum
 
 
@@ -37,7 +38,7 @@ def chunk_gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None, scale: f
     g = k.new_zeros(B, T, H, dtype=dtype) if g is None else g
     per_channel = g.dim() == 4
     S = k.new_zeros(B, H, K, v.shape[-1], dtype=dtype) if initial_state is None else initial_state.to(dtype)
-    q, k, v, g = (_to_chunks(x.to(dtype), chunk_size) for x in (q, k, v, g))
+    q, k, v, g = (to_chunks(x.to(dtype), chunk_size) for x in (q, k, v, g))
     q = q * scale
     decay = _decays(g, per_channel)                                 # [B, H, N, Kg, C + 1, C + 1]
     from_start = decay[..., 1:, 0].transpose(-1, -2)                # [B, H, N, C, Kg]: chunk start -> t
@@ -72,15 +73,6 @@ def ssd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int 
         y = y + x.to(dtype) * (D.to(dtype)[:, None] if D.dim() == 1 else D.to(dtype))
     y = y.to(x.dtype)
     return (y, S.transpose(-1, -2)) if return_final_states else y
-
-
-def _to_chunks(x: Tensor, C: int) -> Tensor:
-    """[B, T, H, *d] -> [B, H, N, C, *d], zero-padded to N * C tokens (k = v = 0, g = 0: the state is untouched)."""
-    x = x.transpose(1, 2)
-    pad = -x.shape[2] % C
-    if pad:
-        x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
-    return x.unflatten(2, (-1, C))
 
 
 def _decays(g: Tensor, per_channel: bool) -> Tensor:
