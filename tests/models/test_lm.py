@@ -88,3 +88,15 @@ def test_a_hybrid_is_one_config_line():
     model = tiny_model("gated-deltanet", layer_pattern=["memory", "attention"], n_layers=4)
     kinds = [type(b.mixer).__name__ for b in model.blocks]
     assert kinds == ["MemoryLayer", "Attention", "MemoryLayer", "Attention"]
+
+
+@pytest.mark.parametrize("preset", ["titans-lmm", "mamba2", "transformer", "titans-mac"])
+def test_a_right_padded_row_equals_the_row_alone(preset):
+    model = tiny_model(preset)
+    ids = torch.randint(1, 256, (1, 13), generator=torch.Generator().manual_seed(4))
+    padded = torch.cat([ids, torch.zeros(1, 6, dtype=torch.long)], dim=1)
+    batch = torch.cat([padded, torch.randint(1, 256, (1, 19))], dim=0)
+    with torch.no_grad():
+        alone, _ = model(ids)
+        together, _ = model(batch)
+    torch.testing.assert_close(together[:1, :13], alone, rtol=1e-12, atol=1e-12)
