@@ -6,7 +6,7 @@ from miras.ops import recurrent_reference
 from miras.ops.dispatch import memory_op, select_op
 from miras.ops.inputs import random_inputs
 from miras.spec import ConfigError, MirasSpec, get_preset
-from miras.spec.bias import L2
+from miras.spec.bias import L2, DotProduct
 from miras.spec.memory import matrix
 from miras.spec.optim import GD
 from miras.spec.retention import Decay
@@ -16,9 +16,14 @@ EXPECTED = {"transformer": "attention", "linear-attention": "ssd", "retnet": "ss
             "titans-lmm": "minibatch", "moneta": "minibatch", "yaad": "minibatch", "memora": "minibatch"}
 
 
-@pytest.mark.parametrize("name", list(EXPECTED))
+GLA = MirasSpec(matrix(), DotProduct(), Decay(per_channel=True), GD())
+SPECS = {**{name: get_preset(name).spec for name in EXPECTED}, "gla-per-channel": GLA}
+EXPECTED["gla-per-channel"] = "ssd"
+
+
+@pytest.mark.parametrize("name", list(SPECS))
 def test_auto_equals_reference_with_gradients(name):
-    spec = get_preset(name).spec
+    spec = SPECS[name]
     assert select_op(spec) == EXPECTED[name]
     results = []
     for mode in ("reference", "auto"):
