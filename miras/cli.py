@@ -1,4 +1,4 @@
-"""`miras` command line: presets, demo, bench, train, eval, compare."""
+"""`miras` command line: presets, demo, bench, train, eval, compare, plot."""
 from __future__ import annotations
 
 import argparse
@@ -70,6 +70,11 @@ def _add_compare_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=type(default), default=default, help=f"(default {default})")
 
 
+def _plot(args) -> None:
+    from .eval.plots import training_curves
+    print(f"written: {training_curves(args.run, args.out or f'{args.run}/loss.png')}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="miras", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     cmp_ = sub.add_parser("compare", help="train several presets on MQAR with one budget; table + plots")
     _add_compare_flags(cmp_)
     cmp_.set_defaults(fn=_compare)
+    plot = sub.add_parser("plot", help="training curves of a run folder (PNG)")
+    plot.add_argument("run")
+    plot.add_argument("--out", help="PNG path (default RUN/loss.png)")
+    plot.set_defaults(fn=_plot)
     args = parser.parse_args(argv)
     from .spec.errors import ConfigError
     try:

@@ -31,6 +31,18 @@ def line_plot(series: dict[str, tuple[list, list]], path: str | Path, title: str
     return Path(path)
 
 
+def training_curves(run_dir: str | Path, path: str | Path) -> Path:
+    """Train and validation loss of a `miras train` run (its metrics.jsonl) against elapsed minutes,
+    with the corpus's unigram baseline."""
+    import json
+    rows = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    baseline = next((r["unigram_loss"] for r in reversed(rows) if "unigram_loss" in r), None)
+    series = {kind: ([r["elapsed_s"] / 60 for r in rows if r["kind"] == kind],
+                     [r[key] for r in rows if r["kind"] == kind]) for kind, key in (("train", "loss"), ("val", "val_loss"))}
+    return line_plot(series, path, f"{Path(run_dir).name}: loss", "minutes", "loss (nats / token)",
+                     hline=None if baseline is None else (baseline, "unigram baseline"))
+
+
 def heatmap(grid: list[list[float]], rows: list, cols: list, path: str | Path, title: str, xlabel: str,
             ylabel: str) -> Path:
     """grid[i][j] in [0, 1] for rows[i] x cols[j] (e.g. needle depth x context length)."""

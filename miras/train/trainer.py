@@ -206,7 +206,8 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
             val = evaluate(model, data.val_batches(), device, autocast)
             if d.main:
                 print(f"step {step}  val_loss {val:.4f}  (unigram baseline {data.unigram_loss:.4f})", flush=True)
-                log.write({"kind": "val", "step": step, "val_loss": val, "elapsed_s": elapsed})
+                log.write({"kind": "val", "step": step, "val_loss": val, "elapsed_s": elapsed,
+                           "unigram_loss": data.unigram_loss})
             last["val_loss"] = val
         if d.main and (step % cfg.run.save_every == 0 or step == o.steps or out_of_time):
             save_checkpoint(run_dir, step, model, optimizer, {**meta, "metrics": last}, cfg.run.keep_last)
