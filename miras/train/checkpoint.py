@@ -13,15 +13,14 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file
 
 from ..spec.errors import ConfigError
 
 PREFIX = "step-"
 
 
-def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    sd = optimizer.state_dict()
+def _optimizer_to_files(sd: dict) -> tuple[dict, dict]:
     tensors, scalars = {}, {}
     for pid, state in sd["state"].items():
         for key, value in state.items():
@@ -35,21 +34,21 @@ def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
 def _optimizer_from_files(tensors: dict, meta: dict) -> dict:
     state: dict = {}
     for name, value in [*tensors.items(), *meta["scalars"].items()]:
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
+        pid, key = name.rsplit(".", 1)                 # pid: an index, or a parameter name (FSDP full state)
+        state.setdefault(int(pid) if pid.isdigit() else pid, {})[key] = value
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    meta: dict, keep_last: int = 2) -> Path:
-    """Writes run_dir/step-{step:06d} atomically; returns its path."""
+def save_checkpoint(run_dir: str | Path, step: int, model_state: dict, optim_state: dict, meta: dict,
+                    keep_last: int = 2) -> Path:
+    """Writes run_dir/step-{step:06d} atomically from model / optimizer state dicts; returns its path."""
     run_dir = Path(run_dir)
     final = run_dir / f"{PREFIX}{step:06d}"
     tmp = run_dir / f".tmp-{PREFIX}{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    opt_tensors, opt_meta = _optimizer_to_files(optimizer)
+    save_file({k: v.detach().contiguous().clone() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
+    opt_tensors, opt_meta = _optimizer_to_files(optim_state)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
     save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
@@ -72,9 +71,8 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(p for p in run_dir.glob(f"{PREFIX}*") if (p / "meta.json").is_file())
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    expect_model_config: dict | None = None) -> dict:
-    """Loads weights (and optimizer, RNG) from a checkpoint folder; returns its meta.
+def read_checkpoint(path: str | Path, expect_model_config: dict | None = None) -> tuple[dict, dict, dict]:
+    """(model state dict, optimizer state dict, meta) of a checkpoint folder.
 
     A checkpoint from a different model config is refused with the fields that differ.
     """
@@ -87,9 +85,21 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
         diff = {k: (theirs.get(k), v) for k, v in expect_model_config.items() if theirs.get(k) != v}
         raise ConfigError(f"checkpoint {path} was trained with a different model config; "
                           f"differing fields (checkpoint, this run): {diff}")
-    load_model(model, str(path / "model.safetensors"))
+    optim = _optimizer_from_files(load_file(str(path / "optimizer.safetensors")),
+                                  json.loads((path / "optimizer.json").read_text()))
+    return load_file(str(path / "model.safetensors")), optim, meta
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    expect_model_config: dict | None = None) -> dict:
+    """Loads weights (and optimizer state and RNG) into a plain model; returns the checkpoint's meta."""
+    model_state, optim_state, meta = read_checkpoint(path, expect_model_config)
+    model.load_state_dict(model_state)
     if optimizer is not None:
-        tensors = load_file(str(path / "optimizer.safetensors"))
-        optimizer.load_state_dict(_optimizer_from_files(tensors, json.loads((path / "optimizer.json").read_text())))
-        torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch"])
+        optimizer.load_state_dict(optim_state)
+        restore_rng(path)
     return meta
+
+
+def restore_rng(path: str | Path) -> None:
+    torch.set_rng_state(load_file(str(Path(path) / "rng.safetensors"))["torch"])

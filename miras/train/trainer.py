@@ -17,7 +17,7 @@ from ..models import MirasConfig, MirasLM
 from ..models.lm import cross_entropy
 from ..models.sizes import config_for_size
 from ..spec.errors import ConfigError
-from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import list_checkpoints, read_checkpoint, restore_rng, save_checkpoint
 from .config import RunConfig
 from .data import build_data
 from .optim import build_optimizer, lr_at
@@ -76,6 +76,33 @@ def wrap_model(model: torch.nn.Module, cfg: RunConfig, d: Dist, device: torch.de
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if device.type == "cuda"
                                                          else None)
     return model
+
+
+def agree(flag: bool, d: Dist) -> bool:
+    """Rank 0's decision, on every rank (so that all ranks stop at the same step)."""
+    if d.world == 1:
+        return flag
+    t = torch.tensor(float(flag))
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
+
+def get_states(model, optimizer, fsdp: bool) -> tuple[dict, dict]:
+    """Full (unsharded) model and optimizer state dicts; with FSDP every rank must call it (collective)."""
+    if not fsdp:
+        return model.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+    return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def set_states(model, optimizer, model_state: dict, optim_state: dict, fsdp: bool) -> None:
+    if not fsdp:
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optim_state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
+                   options=StateDictOptions(full_state_dict=True))
 
 
 class MetricsLog:
@@ -146,15 +173,17 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
     data = build_data(cfg, run_dir, d.rank, d.world, write=d.main)
     mcfg = model_config(cfg, data.vocab_size)
     model = MirasLM(mcfg).to(device)
-    optimizer = build_optimizer(model, cfg.optim)
-    start_step = 0
-    if resume:
-        ckpts = list_checkpoints(run_dir)
-        if ckpts:
-            start_step = load_checkpoint(ckpts[-1], model, optimizer, mcfg.to_dict())["step"]
     if d.main:
         (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "resolved_model": mcfg.to_dict()}, indent=2))
     wrapped = wrap_model(model, cfg, d, device)
+    optimizer = build_optimizer(model, cfg.optim)
+    start_step = 0
+    ckpts = list_checkpoints(run_dir) if resume else []
+    if ckpts:
+        model_state, optim_state, ckpt_meta = read_checkpoint(ckpts[-1], mcfg.to_dict())
+        set_states(model, optimizer, model_state, optim_state, cfg.run.fsdp and d.world > 1)
+        restore_rng(ckpts[-1])
+        start_step = ckpt_meta["step"]
     step_fn = torch.compile(wrapped) if cfg.run.compile else wrapped
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.run.amp)
     autocast = torch.autocast("cuda", dtype=amp) if device.type == "cuda" and amp else nullcontext()
@@ -196,7 +225,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
         last = {"kind": "train", "step": step, "loss": loss_sum.item(), "lr": optimizer.param_groups[0]["lr"],
                 "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_step * (step - start_step) / elapsed,
                 "elapsed_s": elapsed, "skipped": skipped}
-        out_of_time = cfg.run.max_minutes and elapsed > 60 * cfg.run.max_minutes
+        out_of_time = agree(bool(cfg.run.max_minutes and elapsed > 60 * cfg.run.max_minutes), d)
         if d.main and (step % cfg.run.log_every == 0 or step == o.steps or out_of_time):
             eta = (o.steps - step) * elapsed / (step - start_step)
             print(f"step {step}/{o.steps}  loss {last['loss']:.4f}  lr {last['lr']:.2e}  "
@@ -209,8 +238,10 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
                 log.write({"kind": "val", "step": step, "val_loss": val, "elapsed_s": elapsed,
                            "unigram_loss": data.unigram_loss})
             last["val_loss"] = val
-        if d.main and (step % cfg.run.save_every == 0 or step == o.steps or out_of_time):
-            save_checkpoint(run_dir, step, model, optimizer, {**meta, "metrics": last}, cfg.run.keep_last)
+        if step % cfg.run.save_every == 0 or step == o.steps or out_of_time:
+            model_state, optim_state = get_states(model, optimizer, cfg.run.fsdp and d.world > 1)
+            if d.main:
+                save_checkpoint(run_dir, step, model_state, optim_state, {**meta, "metrics": last}, cfg.run.keep_last)
         if out_of_time:
             break
     if d.world > 1 and not cfg.run.fsdp:

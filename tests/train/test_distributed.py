@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -25,13 +26,21 @@ def run(cmd, out_dir):
     subprocess.run(cmd + ARGS + [f"run.out_dir={out_dir}"], check=True, env=env, capture_output=True, timeout=300)
 
 
-def test_ddp_gloo_two_ranks_match_one_process(tmp_path):
+def torchrun(*args):
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+            f"--master_port={free_port()}", "-m", "miras.cli", "train", "optim.batch_size=4", *args]
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
+def test_two_gloo_ranks_match_one_process(tmp_path, fsdp):
     run([sys.executable, "-m", "miras.cli", "train", "optim.batch_size=8"], tmp_path / "one")
-    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-         f"--master_port={free_port()}", "-m", "miras.cli", "train", "optim.batch_size=4"], tmp_path / "two")
-    check = json.loads((tmp_path / "two" / "distributed_check.json").read_text())
-    assert check == {"world_size": 2, "max_param_diff_vs_rank0": 0.0}
+    run(torchrun(f"run.fsdp={str(fsdp).lower()}"), tmp_path / "two")
+    if not fsdp:
+        check = json.loads((tmp_path / "two" / "distributed_check.json").read_text())
+        assert check == {"world_size": 2, "max_param_diff_vs_rank0": 0.0}
     one, two = (load_file(str(list_checkpoints(tmp_path / d)[-1] / "model.safetensors")) for d in ("one", "two"))
     assert one.keys() == two.keys()
+    # FSDP2 reduce-scatters in another order; Adam's g / sqrt(v) magnifies that fp32 rounding on tiny gradients
+    atol = 1e-4 if fsdp else 1e-5
     for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=atol)
