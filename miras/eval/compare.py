@@ -29,19 +29,19 @@ DEFAULT_PRESETS = ("transformer", "mamba2", "gated-deltanet", "titans-lmm", "mon
 @dataclass
 class CompareConfig:
     presets: list[str] = field(default_factory=lambda: list(DEFAULT_PRESETS))
-    seq_len: int = 128
-    pairs: int = 8
-    vocab: int = 256
+    seq_len: int = 64
+    pairs: int = 4
+    vocab: int = 64
     d_model: int = 64
     heads: int = 2
     n_layers: int = 2
     chunk_size: int = 16
-    steps: int = 400
+    steps: int = 500
     minutes: float = 2.5             # wall-clock cap per model (0: none)
     batch_size: int = 32
     lr: float = 3e-3
     eval_n: int = 256
-    eval_lengths: list[int] = field(default_factory=lambda: [128, 256, 512])
+    eval_lengths: list[int] = field(default_factory=lambda: [64, 128, 256])
     out_dir: str = "runs/compare"
     seed: int = 0
     threads: int = 0

@@ -80,9 +80,11 @@ def _state_passing(q: Tensor, k: Tensor, w: Tensor, u: Tensor, gamma: Tensor, S:
     k_to_end = (gamma[..., -1:] - gamma).exp()[..., None] * k
     chunk_decay = gamma[..., -1].exp()[..., None, None]                          # [B, H, N, 1, 1]
     outs = []
-    for n in range(q.shape[2]):
-        d = u[:, :, n] - w[:, :, n] @ S
-        outs.append(q_decayed[:, :, n] @ S + attn[:, :, n] @ d)
-        S = chunk_decay[:, :, n] * S + k_to_end[:, :, n].transpose(-1, -2) @ d
+    # unbind once: indexing chunk n inside the loop would cost a full-size zero gradient per chunk in backward
+    for u_n, w_n, qd_n, attn_n, decay_n, k_n in zip(*(t.unbind(2) for t in (u, w, q_decayed, attn, chunk_decay,
+                                                                            k_to_end))):
+        d = u_n - w_n @ S
+        outs.append(qd_n @ S + attn_n @ d)
+        S = decay_n * S + k_n.transpose(-1, -2) @ d
     o = torch.stack(outs, dim=2) if outs else u.new_zeros(u.shape)
     return o, S

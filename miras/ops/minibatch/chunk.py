@@ -102,17 +102,15 @@ def _chunk(spec: MirasSpec, q, k, v, gates, A, S, anchor):
     return y, A, S
 
 
-def _chunks(spec, q, k, v, gates, A, S, anchor, bounds):
-    """Runs consecutive chunks [(start, end, tokens already in the chunk), ...] of the [B, H, T, ...] inputs."""
+def _chunks(spec, chunks, A, S, anchor):
+    """Runs consecutive chunks, each (q, k, v, gates, tokens already in the chunk) with [B, H, n, ...] tensors."""
     ys = []
-    for start, end, before in bounds:
+    for q, k, v, gates, before in chunks:
         if anchor is None:
             anchor = spec.retention.boundary(A)
-        sl = slice(start, end)
-        y, A, S = _chunk(spec, q[:, :, sl], k[:, :, sl], v[:, :, sl], {n: g[:, :, sl] for n, g in gates.items()},
-                         A, S, anchor)
+        y, A, S = _chunk(spec, q, k, v, gates, A, S, anchor)
         ys.append(y)
-        anchor = None if before + end - start == spec.chunk_size else anchor
+        anchor = None if before + q.shape[2] == spec.chunk_size else anchor
     return torch.cat(ys, dim=2), A, S, anchor
 
 
@@ -132,15 +130,19 @@ def chunk_minibatch(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dic
     A = {n: a.to(dtype) for n, a in state.A.items()}
     S = None if state.S is None else {n: s.to(dtype) for n, s in state.S.items()}
     first = min(T, (b - state.offset) % b or b)
-    bounds = [(0, first, state.offset)] + [(s, min(s + b, T), 0) for s in range(first, T, b)] if T else []
+    sizes = ([first] + [min(b, T - s) for s in range(first, T, b)]) if T else []
+    # split once (backward: one concatenation), never slice chunk by chunk (a full-size gradient per chunk)
+    parts = [x.split(sizes, dim=2) for x in (q, k, v)]
+    gate_parts = {n: g.split(sizes, dim=2) for n, g in gates.items()}
+    chunks = [(parts[0][i], parts[1][i], parts[2][i], {n: g[i] for n, g in gate_parts.items()},
+               state.offset if i == 0 else 0) for i in range(len(sizes))]
     anchor, ys = state.anchor, []
-    group = checkpoint_chunks if checkpoint_chunks > 0 else len(bounds)
-    for g0 in range(0, len(bounds), max(group, 1)):
-        part = bounds[g0:g0 + group]
+    group = checkpoint_chunks if checkpoint_chunks > 0 else max(len(chunks), 1)
+    for g0 in range(0, len(chunks), group):
         if checkpoint_chunks > 0 and torch.is_grad_enabled():
-            y, A, S, anchor = checkpoint(_chunks, spec, q, k, v, gates, A, S, anchor, part, use_reentrant=False)
+            y, A, S, anchor = checkpoint(_chunks, spec, chunks[g0:g0 + group], A, S, anchor, use_reentrant=False)
         else:
-            y, A, S, anchor = _chunks(spec, q, k, v, gates, A, S, anchor, part)
+            y, A, S, anchor = _chunks(spec, chunks[g0:g0 + group], A, S, anchor)
         ys.append(y)
     y = torch.cat(ys, dim=2).transpose(1, 2) if ys else v.new_zeros(v.shape).transpose(1, 2)
     return y, MemoryState(A, S, anchor, (state.offset + T) % b)

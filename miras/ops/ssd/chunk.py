@@ -94,8 +94,9 @@ def _pass_states(chunk_states: Tensor, chunk_decay: Tensor, S: Tensor) -> tuple[
     The loop over chunks, S <- chunk_decay S + chunk_state: returns the states entering every chunk
     [B, H, N, K, V] and the last state."""
     states = [S]
-    for n in range(chunk_states.shape[2]):
-        S = chunk_decay[:, :, n] * S + chunk_states[:, :, n]
+    # unbind once: indexing chunk n inside the loop would cost a full-size zero gradient per chunk in backward
+    for decay_n, state_n in zip(chunk_decay.unbind(2), chunk_states.unbind(2)):
+        S = decay_n * S + state_n
         states.append(S)
     return torch.stack(states, dim=2)[:, :, :-1], S
 

@@ -1,0 +1,1 @@
+"""Benchmarks behind `miras bench`: `ops` times every distinct memory op against its recurrent reference."""
