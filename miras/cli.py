@@ -25,8 +25,11 @@ def _demo(args) -> None:
 
 
 def _bench(args) -> None:
-    from .bench.ops import main as bench_ops
-    bench_ops(args.flags)
+    if args.what == "decode":
+        from .bench.decode import main as bench_main
+    else:
+        from .bench.ops import main as bench_main
+    bench_main(args.flags)
 
 
 def _train(args) -> None:
@@ -84,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--heads", type=int, default=2)
     demo.add_argument("--d-head", type=int, default=16)
     demo.set_defaults(fn=_demo)
-    bench = sub.add_parser("bench", help="benchmarks; `miras bench ops --help` lists the flags")
-    bench.add_argument("what", choices=["ops"], help="ops: every memory op against its recurrent reference")
+    bench = sub.add_parser("bench", help="benchmarks; `miras bench ops --help` / `miras bench decode --help` "
+                                         "list the flags")
+    bench.add_argument("what", choices=["ops", "decode"],
+                       help="ops: every memory op against its recurrent reference; decode: every preset's "
+                            "prefill tok/s, decode ms/token and state memory at long contexts")
     bench.add_argument("flags", nargs=argparse.REMAINDER, help="forwarded to the benchmark")
     bench.set_defaults(fn=_bench)
     train = sub.add_parser("train", help="train a model (config file + section.key=value overrides)")
