@@ -55,7 +55,7 @@ def run_config(c: CompareConfig, preset: str) -> RunConfig:
     model = MirasConfig(preset=preset, vocab_size=c.vocab, d_model=c.d_model, heads=c.heads, n_layers=c.n_layers,
                         chunk_size=c.chunk_size, window=c.seq_len, segment=c.seq_len // 2, d_state=32)
     return RunConfig(
-        model=model,
+        model=model, size="",
         data=DataConfig(task="mqar", seq_len=c.seq_len, mqar_pairs=c.pairs, mqar_vocab=c.vocab),
         optim=OptimConfig(lr=c.lr, steps=c.steps, batch_size=c.batch_size, warmup_steps=min(50, c.steps // 10)),
         run=RunOptions(out_dir=str(Path(c.out_dir) / preset), seed=c.seed, log_every=max(1, c.steps // 10),

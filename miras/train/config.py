@@ -23,11 +23,11 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 3e-3
+    lr: float = 2e-3
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
-    steps: int = 1000
-    batch_size: int = 16
+    warmup_steps: int = 30
+    steps: int = 600
+    batch_size: int = 8
     grad_accum: int = 1
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
@@ -37,10 +37,10 @@ class OptimConfig:
 
 @dataclass
 class RunOptions:
-    out_dir: str = "runs/default"
+    out_dir: str = "runs/small"
     seed: int = 0
     log_every: int = 10
-    eval_every: int = 100
+    eval_every: int = 50
     eval_batches: int = 8
     save_every: int = 200
     keep_last: int = 2
@@ -50,20 +50,25 @@ class RunOptions:
     compile: bool = False
     fsdp: bool = False
     on_nan: str = "stop"              # stop | skip
-    max_minutes: float = 0.0          # 0: no wall-clock budget
+    max_minutes: float = 10.0         # wall-clock budget (0: none)
     tensorboard: bool = False
 
 
 @dataclass
 class RunConfig:
+    """Defaults: the small model (~12M parameters, byte-level) on the embedded corpus for 10 minutes,
+    i.e. what `miras train` with no arguments runs (configs/small.toml spells it out)."""
+
     model: MirasConfig = field(default_factory=MirasConfig)
-    size: str = ""                    # a named size (miras.models.SIZES); empty: use `model` as given
+    size: str = "small"               # a named size (miras.models.SIZES); "" uses `model` as given
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunOptions = field(default_factory=RunOptions)
 
     def __post_init__(self):
         o, d, r = self.optim, self.data, self.run
+        from ..models.config import SIZES
+        require(self.size == "" or self.size in SIZES, "size", self.size, f"'' or one of {list(SIZES)}")
         for name, value, ok, allowed in [
             ("optim.lr", o.lr, o.lr > 0, "> 0"), ("optim.steps", o.steps, o.steps >= 1, ">= 1"),
             ("optim.batch_size", o.batch_size, o.batch_size >= 1, ">= 1"),
@@ -98,7 +103,7 @@ class RunConfig:
             for key, value in values.items():
                 values[key] = _typed(f"{section}.{key}", value, getattr(defaults, key))
             built[section] = klass(**values)
-        return cls(size=str(data.get("size", "")), **built)
+        return cls(size=str(data.get("size", "small")), **built)
 
 
 def _typed(name: str, value, default):
@@ -140,11 +145,12 @@ def read_config_file(path: str | Path) -> dict:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """`section.key=value` strings (value parsed as JSON, else kept as a string) merged into data."""
+    """`section.key=value` (or `size=NAME`) strings, the value parsed as JSON or kept as a string, merged into data."""
     data = json.loads(json.dumps(data))
     for item in overrides:
-        require("=" in item and "." in item.split("=", 1)[0], "override", item, "section.key=value",
-                "e.g. optim.lr=1e-3 or model.preset=moneta")
+        key = item.split("=", 1)[0]
+        require("=" in item and ("." in key or key == "size"), "override", item, "section.key=value or size=NAME",
+                "e.g. optim.lr=1e-3, model.preset=moneta, size= (empty: the model section as given)")
         key, raw = item.split("=", 1)
         try:
             value = json.loads(raw)

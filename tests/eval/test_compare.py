@@ -35,7 +35,8 @@ def test_compare_rejects_unknown_presets_listing_valid_ones():
 
 
 def tiny_text_run(tmp_path, *extra):
-    cfg = load_run_config(None, ["model.preset=gated-deltanet", "model.d_model=16", "model.heads=2", "model.n_layers=1",
+    cfg = load_run_config(None, ["size=", "run.max_minutes=0", "model.preset=gated-deltanet",
+                                 "model.d_model=16", "model.heads=2", "model.n_layers=1",
                                  "data.seq_len=32", "optim.batch_size=2", "optim.steps=2", "run.threads=1",
                                  f"run.out_dir={tmp_path}", *extra])
     train(cfg)

@@ -7,7 +7,8 @@ from miras.train.trainer import train
 
 def test_tiny_model_learns_mqar(tmp_path):
     cfg = load_run_config(None, [
-        "model.preset=gated-deltanet", "model.d_model=64", "model.heads=2", "model.n_layers=2", "data.task=mqar",
+        "size=", "run.max_minutes=0", "model.preset=gated-deltanet", "model.d_model=64",
+        "model.heads=2", "model.n_layers=2", "data.task=mqar",
         "data.seq_len=32", "data.mqar_pairs=4", "data.mqar_vocab=64", "optim.steps=250", "optim.batch_size=32",
         "optim.lr=3e-3", "optim.warmup_steps=20", "run.eval_every=1000", "run.save_every=1000", "run.threads=1",
         f"run.out_dir={tmp_path}"])

@@ -131,3 +131,14 @@ def test_bf16_inputs_keep_an_fp32_state():
     assert final.A["W1"].dtype == torch.float32
     y32, _ = recurrent_reference(spec, q, k, v, gates, state)
     assert (y.float() - y32).abs().max() < 0.05
+
+
+def test_wrong_ranks_and_mismatched_head_dims_raise():
+    spec = get_preset("gated-deltanet").spec
+    q, k, v, gates, state = random_inputs(spec, seqlen=4)
+    with pytest.raises(ConfigError, match=r"q/k shape=.*allowed equal \[B, T, H, d_k\]"):
+        recurrent_reference(spec, q[0], k[0], v[0], gates, state)
+    with pytest.raises(ConfigError, match=r"v shape=.*\[B, T, H, d_v\]"):
+        recurrent_reference(spec, q, k, v[:, :2], gates, state)
+    with pytest.raises(ConfigError, match=r"gates\.lr\.shape"):
+        recurrent_reference(spec, q, k, v, {**gates, "lr": gates["lr"][..., :1]}, state)

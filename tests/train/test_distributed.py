@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from miras.train.checkpoint import list_checkpoints
 
-ARGS = ["model.preset=gated-deltanet", "model.d_model=32", "model.heads=2", "model.n_layers=2", "data.seq_len=32",
+ARGS = ["size=", "run.max_minutes=0", "model.preset=gated-deltanet",
+        "model.d_model=32", "model.heads=2", "model.n_layers=2", "data.seq_len=32",
         "optim.steps=4", "optim.warmup_steps=1", "run.save_every=4", "run.eval_every=100", "run.threads=1"]
 
 

@@ -13,7 +13,8 @@ from miras.train.checkpoint import list_checkpoints, load_checkpoint
 from miras.train.config import RunConfig, load_run_config
 from miras.train.trainer import TrainingError, train
 
-TINY = ["model.d_model=32", "model.heads=2", "model.n_layers=2", "model.chunk_size=8", "model.d_state=16",
+TINY = ["size=", "run.max_minutes=0",
+        "model.d_model=32", "model.heads=2", "model.n_layers=2", "model.chunk_size=8", "model.d_state=16",
         "model.window=32", "data.seq_len=48", "optim.batch_size=8", "optim.warmup_steps=5", "run.log_every=1",
         "run.threads=1", "run.eval_batches=2"]
 
