@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
@@ -19,6 +21,7 @@ from .ssd import chunk_gla
 from .state import MemoryState, check_inputs, initial_state
 
 MODES = ("auto", "reference", "chunked")
+CHECK_FINITE_ENV = "MIRAS_CHECK_FINITE"   # =1: report NaN / Inf in every op's inputs, outputs and states
 EXACT_CHUNK = 64  # kernel chunk of the chunk-invariant ops (the function does not depend on it)
 
 
@@ -36,12 +39,33 @@ def select_op(spec: MirasSpec) -> str:
     return "minibatch"
 
 
+def check_finite(where: str, tensors: dict[str, Tensor]) -> None:
+    """FloatingPointError naming the first tensor with a NaN or Inf, and where it is."""
+    for name, t in tensors.items():
+        if t is not None and t.is_floating_point() and not torch.isfinite(t).all():
+            index = tuple(torch.nonzero(~torch.isfinite(t))[0].tolist())
+            raise FloatingPointError(f"{where}: {name} has a non-finite value at index {index} "
+                                     f"(checked because {CHECK_FINITE_ENV}=1)")
+
+
 def memory_op(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor] | None = None,
               state: MemoryState | None = None, mode: str = "auto", checkpoint_chunks: int = 0
               ) -> tuple[Tensor, MemoryState]:
     """q, k: [B, T, H, d_k]; v: [B, T, H, d_v]; gates: spec.gates -> [B, T, H]; state: MemoryState
     (None: zeros, for matrix memories and attention). Returns (y [B, T, H, d_v], final state), equal to
-    `recurrent_reference` with the same arguments whatever the mode."""
+    `recurrent_reference` with the same arguments whatever the mode. With MIRAS_CHECK_FINITE=1 in the
+    environment, NaN / Inf in the inputs, the start state, the output or the final state raise."""
+    checking = os.environ.get(CHECK_FINITE_ENV) == "1"
+    if checking:
+        check_finite("memory_op input", {"q": q, "k": k, "v": v, **(gates or {}),
+                                         **(state.tensors() if state is not None else {})})
+    y, final = _memory_op(spec, q, k, v, gates, state, mode, checkpoint_chunks)
+    if checking:
+        check_finite("memory_op output", {"y": y, **final.tensors()})
+    return y, final
+
+
+def _memory_op(spec, q, k, v, gates, state, mode, checkpoint_chunks):
     require(mode in MODES, "mode", mode, f"one of {MODES}", "'auto' picks the fastest exact path")
     gates = gates or {}
     op = "reference" if mode == "reference" else select_op(spec)

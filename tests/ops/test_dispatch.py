@@ -49,3 +49,14 @@ def test_per_channel_l2_has_no_chunked_form_and_says_so():
         memory_op(spec, q, k, v, gates, state, mode="chunked")
     with pytest.raises(ConfigError, match="mode='fast'.*allowed one of"):
         memory_op(spec, q, k, v, gates, state, mode="fast")
+
+
+def test_opt_in_finite_check_names_the_tensor(monkeypatch):
+    spec = get_preset("titans-lmm").spec
+    q, k, v, gates, state = random_inputs(spec, seqlen=6)
+    v[0, 3, 1, 2] = float("nan")
+    y, _ = memory_op(spec, q, k, v, gates, state)                         # off by default: NaN propagates
+    assert torch.isnan(y).any()
+    monkeypatch.setenv("MIRAS_CHECK_FINITE", "1")
+    with pytest.raises(FloatingPointError, match=r"memory_op input: v has a non-finite value at index \(0, 3, 1, 2\)"):
+        memory_op(spec, q, k, v, gates, state)
