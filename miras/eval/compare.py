@@ -36,7 +36,7 @@ class CompareConfig:
     heads: int = 2
     n_layers: int = 2
     chunk_size: int = 16
-    steps: int = 500
+    steps: int = 2000
     minutes: float = 2.5             # wall-clock cap per model (0: none)
     batch_size: int = 32
     lr: float = 3e-3
