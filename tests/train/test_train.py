@@ -156,3 +156,11 @@ def test_config_files_json_toml_and_overrides(tmp_path):
     (tmp_path / "bad.toml").write_text("[optim\n")
     with pytest.raises(ConfigError, match="bad.toml could not be parsed"):
         load_run_config(tmp_path / "bad.toml")
+
+
+def test_no_arguments_means_the_small_model_on_the_embedded_corpus():
+    from miras.models.sizes import count_parameters
+    cfg = load_run_config(None, [])
+    assert (cfg.size, cfg.data.corpus, cfg.data.tokenizer, cfg.run.max_minutes) == ("small", "shakespeare", "byte", 10)
+    model_cfg = trainer_module.model_config(cfg, 256)
+    assert 10e6 <= count_parameters(model_cfg) <= 20e6 and model_cfg.d_model == 256
