@@ -9,6 +9,8 @@ import torch
 from miras.layers.attention import Attention
 from miras.spec import ConfigError
 
+from .helpers import in_pieces, parameter_grads
+
 CONFIGS = {"full": {}, "window": {"window": 4}, "persistent": {"persistent_tokens": 3}, "gqa": {"kv_heads": 2},
            "head_dim": {"heads": 3, "head_dim": 6},
            "all": {"window": 3, "persistent_tokens": 2, "kv_heads": 1, "rope_theta": 500.0}}
@@ -62,15 +64,6 @@ def _naive(layer, x):
     return layer.o_proj(torch.stack(heads, dim=2).flatten(2))
 
 
-def _in_pieces(layer, x, sizes):
-    """Runs x through the layer in consecutive pieces of the given sizes, passing the state."""
-    state, ys = None, []
-    for piece in x.split(sizes, dim=1):
-        y, state = layer(piece, state)
-        ys.append(y)
-    return torch.cat(ys, dim=1), state
-
-
 @pytest.mark.parametrize("name", CONFIGS)
 def test_equals_naive_softmax_attention(name):
     layer, x = _layer(**CONFIGS[name]), _x()
@@ -82,7 +75,7 @@ def test_equals_naive_softmax_attention(name):
 def test_pieces_with_state_equal_one_call(name, pieces):
     layer, x = _layer(**CONFIGS[name]), _x()
     y, state = layer(x)
-    y_pieces, state_pieces = _in_pieces(layer, x, PIECES[pieces])
+    y_pieces, state_pieces = in_pieces(layer, x, PIECES[pieces])
     torch.testing.assert_close(y_pieces, y, rtol=0, atol=1e-12)
     assert state_pieces.pos.item() == state.pos.item() == T
     torch.testing.assert_close(state_pieces.k, state.k, rtol=0, atol=1e-12)
@@ -92,7 +85,7 @@ def test_float32_by_default_and_pieces_close():
     layer, x = _layer(torch.float32, **CONFIGS["all"]), _x(torch.float32)
     y, state = layer(x)
     assert y.dtype == state.k.dtype == torch.float32
-    torch.testing.assert_close(_in_pieces(layer, x, PIECES["decode"])[0], y, rtol=0, atol=1e-5)
+    torch.testing.assert_close(in_pieces(layer, x, PIECES["decode"])[0], y, rtol=0, atol=1e-5)
     torch.testing.assert_close(y.double(), _naive(layer.double(), x.double()), rtol=0, atol=1e-5)
 
 
@@ -112,14 +105,14 @@ def test_windowed_decoding_cache_stays_bounded():
 
 def test_window_one_sees_only_the_token_itself():
     layer, x = _layer(window=1), _x()
-    y, state = _in_pieces(layer, x, PIECES["two-calls"])
+    y, state = in_pieces(layer, x, PIECES["two-calls"])
     torch.testing.assert_close(y, layer.o_proj(layer.v_proj(x)), rtol=0, atol=1e-12)
     assert state.k.shape[2] == 0
 
 
 def test_full_attention_cache_keeps_every_token():
     layer, x = _layer(), _x()
-    _, state = _in_pieces(layer, x, PIECES["decode"])
+    _, state = in_pieces(layer, x, PIECES["decode"])
     assert state.k.shape == (2, 4, T, 6)
 
 
@@ -136,12 +129,8 @@ def test_gradients_reach_every_parameter_and_match_across_pieces():
     layer, x = _layer(**CONFIGS["all"]), _x()
     weights = torch.randn(2, T, 24, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
 
-    def grads(run):
-        layer.zero_grad(set_to_none=True)
-        (run() * weights).sum().backward()
-        return {n: p.grad for n, p in layer.named_parameters()}
-
-    whole, pieces = grads(lambda: layer(x)[0]), grads(lambda: _in_pieces(layer, x, PIECES["decode"])[0])
+    whole = parameter_grads(layer, lambda: layer(x)[0], weights)
+    pieces = parameter_grads(layer, lambda: in_pieces(layer, x, PIECES["decode"])[0], weights)
     assert set(whole) == {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "persistent_k",
                           "persistent_v"}
     for n, g in whole.items():

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from miras.layers.mamba2 import Mamba2
 from miras.spec import ConfigError
 
+from .helpers import in_pieces, parameter_grads
+
 CONFIGS = {"groups1": {}, "groups2": {"ngroups": 2}, "kernel2-chunk3": {"conv_kernel": 2, "chunk_size": 3}}
 PIECES = {"decode": [6] + [1] * 7, "two-calls": [5, 8], "three-calls": [1, 9, 3]}
 T = 13
@@ -22,14 +24,6 @@ def _layer(dtype=torch.float64, seed=0, **cfg):
 
 def _x(dtype=torch.float64, seed=1):
     return torch.randn(2, T, 16, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def _in_pieces(layer, x, sizes):
-    state, ys = None, []
-    for piece in x.split(sizes, dim=1):
-        y, state = layer(piece, state)
-        ys.append(y)
-    return torch.cat(ys, dim=1), state
 
 
 def _with_loop_ssd(layer, x, state):
@@ -76,7 +70,7 @@ def test_ssd_part_is_the_per_token_recurrence(name):
 def test_pieces_with_state_equal_one_call(name, pieces):
     layer, x = _layer(**CONFIGS[name]), _x()
     y, state = layer(x)
-    y_pieces, state_pieces = _in_pieces(layer, x, PIECES[pieces])
+    y_pieces, state_pieces = in_pieces(layer, x, PIECES[pieces])
     torch.testing.assert_close(y_pieces, y, rtol=0, atol=1e-12)
     torch.testing.assert_close(state_pieces.ssm, state.ssm, rtol=1e-10, atol=1e-13)
     torch.testing.assert_close(state_pieces.conv, state.conv, rtol=0, atol=1e-12)
@@ -87,12 +81,12 @@ def test_float32_by_default_with_fp32_state_and_pieces_close():
     y, state = layer(x)
     assert y.dtype == state.ssm.dtype == torch.float32 and state.ssm.shape == (2, 4, 8, 8)
     assert state.conv.shape == (2, 3, 32 + 2 * 8)
-    torch.testing.assert_close(_in_pieces(layer, x, PIECES["decode"])[0], y, rtol=0, atol=1e-5)
+    torch.testing.assert_close(in_pieces(layer, x, PIECES["decode"])[0], y, rtol=0, atol=1e-5)
 
 
 def test_bfloat16_activations_keep_an_fp32_ssm_state():
     layer, x = _layer(torch.bfloat16), _x(torch.bfloat16)
-    y, state = _in_pieces(layer, x, PIECES["decode"])
+    y, state = in_pieces(layer, x, PIECES["decode"])
     assert y.dtype == torch.bfloat16 and state.ssm.dtype == torch.float32
     want = _layer(torch.float64)(x.double())[0]
     assert ((y.double() - want).norm() / want.norm()).item() < 5e-2
@@ -126,12 +120,8 @@ def test_gradients_reach_every_parameter_and_match_across_pieces():
     layer, x = _layer(ngroups=2), _x()
     weights = torch.randn(2, T, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
 
-    def grads(run):
-        layer.zero_grad(set_to_none=True)
-        (run() * weights).sum().backward()
-        return {n: p.grad for n, p in layer.named_parameters()}
-
-    whole, pieces = grads(lambda: layer(x)[0]), grads(lambda: _in_pieces(layer, x, PIECES["decode"])[0])
+    whole = parameter_grads(layer, lambda: layer(x)[0], weights)
+    pieces = parameter_grads(layer, lambda: in_pieces(layer, x, PIECES["decode"])[0], weights)
     assert set(whole) == {"in_proj.weight", "conv.weight", "conv.bias", "dt_bias", "A_log", "D", "norm.weight",
                           "out_proj.weight"}
     for n, g in whole.items():
