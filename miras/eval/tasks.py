@@ -1,12 +1,11 @@
 """The synthetic tasks by name, and their training data for the trainer (cfg.data.task != "text")."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import torch
 
 from ..spec.errors import require
+from ..train.data import RunData
 from .mqar import MQAR
 from .niah import NeedleTask
 
@@ -19,17 +18,6 @@ def get_task(name: str, **kwargs):
     return TASKS[name](**kwargs)
 
 
-@dataclass
-class TaskData:
-    """The fields of miras.train.data.RunData, for a synthetic task."""
-
-    train: object                              # .batch(step) -> (inputs [B, T], labels [B, T])
-    val_batches: Callable[[], Iterable]        # -> iterable of (inputs, labels)
-    vocab_size: int
-    tokenizer_name: str
-    unigram_loss: float                        # nats per labeled token of the baseline (see task_batches)
-
-
 def _label_entropy(batches) -> float:
     """Entropy (nats) of the empirical distribution of the labeled tokens (labels != -100) of batches."""
     labels = torch.cat([y[y != -100] for _, y in batches])
@@ -38,7 +26,7 @@ def _label_entropy(batches) -> float:
     return float(-(p * p.log()).sum())
 
 
-def task_batches(cfg, rank: int, world: int, tokenizer=None) -> TaskData:
+def task_batches(cfg, rank: int, world: int, tokenizer=None) -> RunData:
     """Training data for cfg.data.task in TASKS (world is unused: the rank alone separates the streams).
 
     mqar: seq_len = cfg.data.seq_len, pairs = cfg.data.mqar_pairs (16 when absent), vocab_size =
@@ -55,10 +43,10 @@ def task_batches(cfg, rank: int, world: int, tokenizer=None) -> TaskData:
                     vocab_size=getattr(d, "mqar_vocab", 256), batch_size=bs, seed=seed, rank=rank)
         inputs, labels = task.eval_set(n_val * bs)
         val = list(zip(inputs.split(bs), labels.split(bs)))
-        return TaskData(task, lambda: val, task.vocab_size, "mqar", task.chance_loss)
+        return RunData(task, lambda: val, task.vocab_size, "mqar", task.chance_loss)
     if tokenizer is None:
         from ..data import ByteTokenizer
         tokenizer = ByteTokenizer()
     task = NeedleTask(context_tokens=d.seq_len, depth=None, tokenizer=tokenizer, batch_size=bs, seed=seed, rank=rank)
     val = [task.eval_batch(i) for i in range(n_val)]
-    return TaskData(task, lambda: val, tokenizer.vocab_size, getattr(tokenizer, "name", "byte"), _label_entropy(val))
+    return RunData(task, lambda: val, tokenizer.vocab_size, getattr(tokenizer, "name", "byte"), _label_entropy(val))
