@@ -34,7 +34,7 @@ def recurrent_reference(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates:
     B, T, H, d_k = k.shape
     if state is None:
         state = initial_state(spec, B, heads=H, d_k=d_k, d_v=v.shape[-1], dtype=q.dtype, device=q.device)
-    dtype = torch.promote_types(q.dtype, torch.float32)
+    in_dtype, dtype = q.dtype, torch.promote_types(q.dtype, torch.float32)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     gates = {n: g.to(dtype) for n, g in gates.items()}
     if isinstance(spec.algorithm, optim.NonParametric):
@@ -43,7 +43,7 @@ def recurrent_reference(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates:
         y, state = _delta_rule(spec, q, k, v, gates, state)
     else:
         y, state = _online_gd(spec, q, k, v, gates, state)
-    return y, state
+    return y.to(in_dtype), state
 
 
 def _online_gd(spec, q, k, v, gates, state):

@@ -128,7 +128,7 @@ def test_bf16_inputs_keep_an_fp32_state():
     spec = get_preset("gated-deltanet").spec
     q, k, v, gates, state = random_inputs(spec, seqlen=5, dtype=torch.float32)
     y, final = recurrent_reference(spec, q.bfloat16(), k.bfloat16(), v.bfloat16(), gates, state)
-    assert final.A["W1"].dtype == torch.float32
+    assert final.A["W1"].dtype == torch.float32 and y.dtype == torch.bfloat16
     y32, _ = recurrent_reference(spec, q, k, v, gates, state)
     assert (y.float() - y32).abs().max() < 0.05
 

@@ -124,7 +124,7 @@ def chunk_minibatch(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dic
     """
     check_inputs(spec, q, k, v, gates)
     T, b = q.shape[1], spec.chunk_size
-    dtype = torch.promote_types(q.dtype, torch.float32)
+    in_dtype, dtype = q.dtype, torch.promote_types(q.dtype, torch.float32)
     q, k, v = (x.to(dtype).transpose(1, 2) for x in (q, k, v))                 # [B, H, T, d]
     gates = {n: g.to(dtype).transpose(1, 2) for n, g in gates.items()}      # [B, H, T]
     A = {n: a.to(dtype) for n, a in state.A.items()}
@@ -145,4 +145,4 @@ def chunk_minibatch(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dic
             y, A, S, anchor = _chunks(spec, chunks[g0:g0 + group], A, S, anchor)
         ys.append(y)
     y = torch.cat(ys, dim=2).transpose(1, 2) if ys else v.new_zeros(v.shape).transpose(1, 2)
-    return y, MemoryState(A, S, anchor, (state.offset + T) % b)
+    return y.to(in_dtype), MemoryState(A, S, anchor, (state.offset + T) % b)
