@@ -19,6 +19,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .config import MirasConfig
 from .lm import MirasLM
+from .padding import RowGroups
 from .state_tree import map_tensors
 
 _MIRAS_FIELDS = tuple(f.name for f in fields(MirasConfig))
@@ -73,7 +74,10 @@ class MirasCache:
 
     def batch_select_indices(self, indices: Tensor) -> None:
         """Keep (or reorder, repeat) the batch rows `indices` (ids or a bool mask)."""
-        self.states = map_tensors(lambda t: t[indices.to(t.device)] if t.dim() else t, self.states)
+        if isinstance(self.states, RowGroups):
+            self.states = self.states.select(indices)
+        else:
+            self.states = map_tensors(lambda t: t[indices.to(t.device)] if t.dim() else t, self.states)
 
     def reorder_cache(self, beam_idx: Tensor) -> None:
         """Beam search: row i continues from row beam_idx[i]."""
@@ -81,11 +85,15 @@ class MirasCache:
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         """Each row `repeats` times in a row (expansion for beams / several return sequences)."""
-        self.states = map_tensors(lambda t: t.repeat_interleave(repeats, dim=0) if t.dim() else t, self.states)
+        if isinstance(self.states, RowGroups):
+            self.states = self.states.repeat_interleave(repeats)
+        else:
+            self.states = map_tensors(lambda t: t.repeat_interleave(repeats, dim=0) if t.dim() else t, self.states)
 
 
 class MirasForCausalLM(PreTrainedModel, GenerationMixin):
-    """MirasLM (as `.model`) with the PreTrainedModel / GenerationMixin interface. Inputs without padding only.
+    """MirasLM (as `.model`) with the PreTrainedModel / GenerationMixin interface. Left-padded batches (the usual
+    batched-generation layout) and right-padded ones run each row as it would run alone (padding.py).
 
     GenerationMixin.prepare_inputs_for_generation is kept as it is: once the cache holds the prompt it feeds only
     the tokens the cache has not seen (the last one while decoding), also when generate restarts from a
@@ -124,18 +132,19 @@ class MirasForCausalLM(PreTrainedModel, GenerationMixin):
 
         labels: [B, T], shifted inside (labels = input_ids gives next-token loss; -100 is ignored).
         past_key_values: a MirasCache, advanced in place by T tokens. use_cache: return the cache (a new one
-        without past_key_values); default config.use_cache outside training. attention_mask: all ones or None.
+        without past_key_values); default config.use_cache outside training. attention_mask: [B, past + T] or [B, T], 1 = token, 0 = pad; each row's tokens one contiguous
+        run (left or right padding). Padded rows run as groups of equal length, so no state sees a pad.
         """
         if input_ids is None:
             raise ValueError("MirasForCausalLM needs input_ids (inputs_embeds is not supported)")
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError("MirasForCausalLM does not support padding yet: attention_mask has zeros. Pass "
-                             "sequences of equal length without padding (or one sequence at a time).")
+        if attention_mask is not None:
+            attention_mask = attention_mask[:, -input_ids.shape[1]:]   # the columns of the new tokens
         if kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
             raise ValueError("MirasForCausalLM returns neither attentions nor hidden states")
         use_cache = use_cache if use_cache is not None else self.config.use_cache and not self.training
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        logits, states = self.model(input_ids, past_key_values.states if past_key_values is not None else None)
+        logits, states = self.model(input_ids, past_key_values.states if past_key_values is not None else None,
+                                    attention_mask)
         cache = past_key_values if past_key_values is not None else MirasCache() if use_cache else None
         if cache is not None:
             cache.advance(states, input_ids.shape[1])

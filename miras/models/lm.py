@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from ..spec.errors import require
 from .config import MirasConfig
 from .mixers import build_mixer
+from .padding import RowGroups, grouped_forward
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -58,7 +59,14 @@ class MirasLM(nn.Module):
         if config.tie_embeddings:
             self.head.weight = self.embed.weight
 
-    def forward(self, input_ids: Tensor, states: list | None = None) -> tuple[Tensor, list]:
+    def forward(self, input_ids: Tensor, states: list | RowGroups | None = None,
+                attention_mask: Tensor | None = None) -> tuple[Tensor, list | RowGroups]:
+        """attention_mask [B, T] (1 = token, 0 = pad; left or right padding): rows then run as groups of equal
+        length (see padding.py) and the states come back as a RowGroups, which later calls continue."""
+        if isinstance(states, RowGroups) or (attention_mask is not None and not bool(attention_mask.all())):
+            if not isinstance(states, RowGroups):
+                states = RowGroups.whole(input_ids.shape[0], states, input_ids.device)
+            return grouped_forward(self, input_ids, attention_mask, states)
         if input_ids.numel():
             lo, hi = int(input_ids.min()), int(input_ids.max())
             require(lo >= 0 and hi < self.config.vocab_size, "input_ids", f"range [{lo}, {hi}]",

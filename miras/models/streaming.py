@@ -21,7 +21,7 @@ from ..layers.mamba2 import Mamba2State
 from ..layers.memory import MemoryLayerState
 from ..layers.titans import MACState
 from ..ops.state import MemoryState
-from ..spec.errors import ConfigError
+from ..spec.errors import ConfigError, require
 
 STATE_CLASSES = {c.__name__: c for c in (MemoryState, MemoryLayerState, AttentionState, Mamba2State, MACState)}
 FORMAT = "miras-state-1"
@@ -60,6 +60,9 @@ def _rebuild(spec: dict, flat: dict):
 
 def save_state(path: str | Path, model, states: list) -> Path:
     """states: what MirasLM.forward returned. Writes one .safetensors file."""
+    require(isinstance(states, list), "states", type(states).__name__,
+            "the per-layer list MirasLM.forward returns for an unpadded batch",
+            "save each row group of a padded batch (RowGroups.states[g]) separately")
     flat: dict = {}
     structure = _describe(list(states), "s", flat)
     save_file(flat, str(path), metadata={"format": FORMAT, "config": json.dumps(model.config.to_dict()),

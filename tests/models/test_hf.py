@@ -1,6 +1,6 @@
 """Hugging Face wiring: config both ways, save_pretrained -> AutoModelForCausalLM.from_pretrained, generation
 (greedy, sampling, beam search, restarting from a returned cache) with the recurrent cache equal to without it and
-to a manual loop, loss, padding refused, the cache's batch operations."""
+to a manual loop, loss, left-padded batches generating like their rows alone, the cache's batch operations."""
 import pytest
 
 pytest.importorskip("transformers")
@@ -132,15 +132,41 @@ def test_loss_with_labels_equals_miras_loss(preset):
     assert torch.equal(loss, out.loss) and torch.equal(logits, out.logits)
 
 
-def test_padding_is_refused_and_an_all_ones_mask_is_fine():
+def left_padded(lengths=(5, 3, 4, 3), seed: int = 4):
+    """Rows of `lengths` tokens (ids >= 1), left-padded with 0 to the longest; -> (ids, mask, rows)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [torch.randint(1, 256, (1, n), generator=g) for n in lengths]
+    T = max(lengths)
+    ids = torch.cat([torch.nn.functional.pad(r, (T - r.shape[1], 0)) for r in rows])
+    mask = torch.cat([torch.nn.functional.pad(torch.ones_like(r), (T - r.shape[1], 0)) for r in rows])
+    return ids, mask, rows
+
+
+def test_an_all_ones_mask_changes_nothing():
     model, ids = tiny("gated-deltanet"), prompt()
     mask = torch.ones_like(ids)
     torch.testing.assert_close(model(ids, attention_mask=mask).logits, model(ids).logits, rtol=0, atol=0)
-    mask[0, 0] = 0
-    with pytest.raises(ValueError, match="padding"):
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_left_padded_batch_generates_what_each_row_generates_alone(preset):
+    model = tiny(preset)
+    ids, mask, rows = left_padded()
+    greedy = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False)
+    beams = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, num_beams=2, do_sample=False)
+    for i, row in enumerate(rows):
+        alone = model.generate(row, max_new_tokens=NEW, do_sample=False)
+        assert torch.equal(greedy[i, ids.shape[1] - row.shape[1]:], alone[0]), f"row {i}"
+        alone = model.generate(row, max_new_tokens=NEW, num_beams=2, do_sample=False)
+        assert torch.equal(beams[i, ids.shape[1] - row.shape[1]:], alone[0]), f"row {i} (beams)"
+
+
+def test_a_mask_with_a_hole_is_refused():
+    model, ids = tiny("gated-deltanet"), prompt()
+    mask = torch.ones_like(ids)
+    mask[0, 2] = 0
+    with pytest.raises(ConfigError, match="attention_mask=.*contiguous"):
         model(ids, attention_mask=mask)
-    with pytest.raises(ValueError, match="padding"):
-        model.generate(ids, attention_mask=mask, max_new_tokens=2)
 
 
 @pytest.mark.parametrize("preset", ["titans-mac", "yaad-h"])
