@@ -13,7 +13,7 @@ from miras.train.checkpoint import list_checkpoints
 
 ARGS = ["size=", "run.max_minutes=0", "model.preset=gated-deltanet",
         "model.d_model=32", "model.heads=2", "model.n_layers=2", "data.seq_len=32",
-        "optim.steps=4", "optim.warmup_steps=1", "run.save_every=4", "run.eval_every=100", "run.threads=1"]
+        "optim.steps=4", "optim.warmup_steps=1", "optim.lr=1e-3", "run.save_every=4", "run.eval_every=100", "run.threads=1"]
 
 
 def free_port() -> int:
@@ -41,7 +41,13 @@ def test_two_gloo_ranks_match_one_process(tmp_path, fsdp):
         assert check == {"world_size": 2, "max_param_diff_vs_rank0": 0.0}
     one, two = (load_file(str(list_checkpoints(tmp_path / d)[-1] / "model.safetensors")) for d in ("one", "two"))
     assert one.keys() == two.keys()
-    # FSDP2 reduce-scatters in another order; Adam's g / sqrt(v) magnifies that fp32 rounding on tiny gradients
-    atol = 1e-4 if fsdp else 1e-5
+    # All-reduce (DDP) and reduce-scatter (FSDP2) sum in another order than one process. Adam's g / sqrt(v) turns
+    # that fp32 rounding of a near-zero gradient into an update of either sign, so a rare element may differ by up
+    # to Adam's reach (~lr per step, two runs); a wrong batch split or a missing reduction moves most of them.
+    reach = 2 * 4 * 1e-3    # 2 runs x 4 steps x lr
+    off = total = 0
     for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=atol)
+        off += int((~torch.isclose(two[key], one[key], rtol=1e-4, atol=1e-5)).sum())
+        total += one[key].numel()
+        assert (two[key] - one[key]).abs().max() <= reach, key
+    assert off / total < 1e-3, f"{off} of {total} elements differ"
