@@ -1,4 +1,5 @@
-"""`miras eval RUN`: perplexity by position, S-NIAH grid (text runs) or MQAR accuracy by length (MQAR runs)."""
+"""`miras eval RUN`: perplexity by position + S-NIAH grid in real text (text runs), S-NIAH grid in the noise
+haystack (runs trained on task niah), or MQAR accuracy by length (MQAR runs)."""
 from __future__ import annotations
 
 import json
@@ -35,24 +36,36 @@ def evaluate_run(run_dir: str | Path, lengths: list[int], depths: int = 5, needl
                             for n in lengths}}
         line_plot({"mqar": (lengths, [results["mqar"][str(n)] for n in lengths])}, out / "mqar_vs_length.png",
                   "MQAR accuracy vs length", "sequence length", "accuracy", logx=True)
+    elif data["task"] == "niah":
+        results = {"niah": needle_grid(model, tok, lengths, depths, needles, haystack="noise")}
+        _needle_heatmap(results["niah"], out)
     else:
         val = open_token_file(Path(run_dir) / "data" / "val.bin").tokens
         ppl = perplexity_by_position(model, val, max(lengths), windows=windows)
         line_plot({"loss": ([(b["lo"] + b["hi"]) / 2 for b in ppl["buckets"]], [b["loss"] for b in ppl["buckets"]])},
                   out / "loss_by_position.png", "Validation loss by position", "position", "loss (nats)", logx=True)
-        grid = needle_grid(model, tok, lengths, depths, needles, data["corpus"])
-        heatmap(grid["accuracy"], grid["depths"], lengths, out / "niah_heatmap.png", "S-NIAH accuracy",
-                "context length", "needle depth")
+        grid = needle_grid(model, tok, lengths, depths, needles, corpus=data["corpus"])
+        _needle_heatmap(grid, out)
         results = {"perplexity": ppl, "niah": grid}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
 
-def needle_grid(model, tokenizer, lengths: list[int], n_depths: int, per_cell: int, corpus: str) -> dict:
-    """Accuracy for every (depth, length) cell: numbers in a real-text haystack from the run's corpus."""
-    _, val_docs = split_documents(load_documents(corpus))
+def _needle_heatmap(grid: dict, out: Path) -> None:
+    heatmap(grid["accuracy"], grid["depths"], grid["lengths"], out / "niah_heatmap.png", "S-NIAH accuracy",
+            "context length", "needle depth")
+
+
+def needle_grid(model, tokenizer, lengths: list[int], n_depths: int, per_cell: int, corpus: str | None = None,
+                haystack: str = "text") -> dict:
+    """Accuracy for every (depth, length) cell: numbers in a real-text haystack from the validation documents of
+    `corpus`, or (haystack="noise") in the repeated-noise haystack of training task niah."""
+    docs = ()
+    if haystack == "text":
+        _, val_docs = split_documents(load_documents(corpus))
+        docs = tuple(d.text for d in val_docs)
     depth_values = [i / (n_depths - 1) for i in range(n_depths)] if n_depths > 1 else [0.5]
-    acc = [[needle_accuracy(model, NeedleTask("numbers", context_tokens=n, depth=d, haystack="text",
-                                              documents=tuple(d.text for d in val_docs)), tokenizer, n=per_cell)
-            for n in lengths] for d in depth_values]
+    acc = [[needle_accuracy(model, NeedleTask("numbers", context_tokens=n, depth=dep, haystack=haystack,
+                                              documents=docs), tokenizer, n=per_cell)
+            for n in lengths] for dep in depth_values]
     return {"depths": depth_values, "lengths": lengths, "accuracy": acc}

@@ -13,7 +13,7 @@ from ..train.checkpoint import list_checkpoints, load_checkpoint
 def load_run(run_dir: str | Path, tokenizer: str | None = None, checkpoint: str | None = None):
     """Loads the newest (or the given) checkpoint of a `miras train` run folder.
 
-    Returns (model in eval mode, tokenizer or None for synthetic-task runs, the run's config dict).
+    Returns (model in eval mode, tokenizer or None for MQAR runs, the run's config dict).
     """
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
@@ -32,7 +32,7 @@ def _tokenizer(run_dir: Path, config: dict, override: str | None):
     if override:
         return load_tokenizer(override)
     data = config["data"]
-    if data["task"] != "text":
+    if data["task"] == "mqar":          # token ids are the task's own; niah runs use data.tokenizer
         return None
     if data["tokenizer"] == "byte":
         return load_tokenizer("byte")

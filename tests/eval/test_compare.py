@@ -54,6 +54,19 @@ def test_eval_text_run_gives_perplexity_by_position_and_a_needle_grid(tmp_path):
         assert (run / "eval" / png).is_file()
 
 
+def test_eval_niah_run_scores_the_noise_haystack_it_was_trained_on(tmp_path, monkeypatch):
+    run = tiny_text_run(tmp_path, "data.task=niah", "data.seq_len=400")
+    seen = []
+    import miras.eval.evaluate as evaluate
+    real = evaluate.needle_accuracy
+    monkeypatch.setattr(evaluate, "needle_accuracy", lambda m, task, tok, n: seen.append(task) or real(m, task, tok, n))
+    results = evaluate_run(run, lengths=[400, 512], depths=2, needles=1)
+    assert set(results) == {"niah"} and results["niah"]["lengths"] == [400, 512]
+    assert [(t.haystack, t.context_tokens, t.depth) for t in seen] == [
+        ("noise", 400, 0.0), ("noise", 512, 0.0), ("noise", 400, 1.0), ("noise", 512, 1.0)]
+    assert (run / "eval" / "niah_heatmap.png").is_file()
+
+
 def test_eval_refuses_lengths_beyond_max_context(tmp_path):
     run = tiny_text_run(tmp_path, "model.max_context=256")
     with pytest.raises(ConfigError, match="length=512.*max_context=256"):
