@@ -5,10 +5,19 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
+# PIN: whatever torch is in the venv stays (no dependency may swap in another build, e.g. a multi-GB CUDA one).
+PIN := $(VENV)/torch-pin.txt
+
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(PIN)
+	$(PY) -m pip install -q -c $(PIN) -e ".[test]"
+	touch $@
+
+# The test suite also covers the optional lm-evaluation-harness adapter (~730 MB of dependencies; not for `run`).
+$(VENV)/.installed-lmeval: $(VENV)/.installed
+	$(PY) -m pip install -q -c $(PIN) -e ".[test,lmeval]"
 	touch $@
 
 .PHONY: setup run demo test
@@ -21,5 +30,5 @@ run: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/miras demo
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-lmeval
 	$(PY) -m pytest -n 2

@@ -1,4 +1,4 @@
-"""`miras` command line: presets, demo, bench, train, eval, compare, plot."""
+"""`miras` command line: presets, demo, bench, train, eval, lm-eval, compare, plot."""
 from __future__ import annotations
 
 import argparse
@@ -47,6 +47,20 @@ def _eval(args) -> None:
     results = evaluate_run(args.run, args.lengths, args.depths, args.needles, args.windows, args.tokenizer)
     print(json.dumps(results, indent=2))
     print(f"written: {args.run}/eval/results.json and plots")
+
+
+def _lm_eval(args) -> None:
+    from .spec.errors import ConfigError
+    try:
+        from .eval.lm_harness import evaluate, format_results
+    except ImportError as err:  # the lmeval extra is not installed
+        raise ConfigError(str(err)) from err
+    results = evaluate(args.run, args.tasks, args.limit, batch_size=args.batch_size, device=args.device,
+                       max_length=args.max_length, tokenizer=args.tokenizer, num_fewshot=args.num_fewshot,
+                       log_samples=args.log_samples, out=args.out)
+    print(format_results(results))
+    if args.out:
+        print(f"written: {args.out}")
 
 
 def _compare(args) -> None:
@@ -108,6 +122,22 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--windows", type=int, default=4, help="perplexity windows (default 4)")
     ev.add_argument("--tokenizer", help="tokenizer folder, when the run has none")
     ev.set_defaults(fn=_eval)
+    lme = sub.add_parser("lm-eval", help="lm-evaluation-harness tasks on a run folder or checkpoint "
+                                         '(pip install "miras[lmeval]")')
+    lme.add_argument("run", help="a `miras train` run folder (newest checkpoint) or one of its step-* folders")
+    lme.add_argument("--tasks", required=True, help="comma-separated lm-eval task names, e.g. the local "
+                     "miras_shakespeare_mc,miras_shakespeare_ppl,miras_passkey")
+    lme.add_argument("--limit", type=lambda s: int(s) if s.isdigit() else float(s),
+                     help="examples per task (a number < 1: a fraction)")
+    lme.add_argument("--batch-size", type=int, default=1, help="loglikelihood requests per forward (default 1)")
+    lme.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    lme.add_argument("--max-length", type=int, help="longest context fed (default: the model's max_context, "
+                                                    "unbounded for recurrent models)")
+    lme.add_argument("--num-fewshot", type=int, help="few-shot examples (default: the task's)")
+    lme.add_argument("--tokenizer", help="tokenizer folder, when the run has none")
+    lme.add_argument("--log-samples", action="store_true", help="keep every request and response in --out")
+    lme.add_argument("--out", help="write lm-eval's results as JSON here")
+    lme.set_defaults(fn=_lm_eval)
     cmp_ = sub.add_parser("compare", help="train several presets on MQAR with one budget; table + plots")
     _add_compare_flags(cmp_)
     cmp_.set_defaults(fn=_compare)

@@ -44,7 +44,8 @@ def evaluate_run(run_dir: str | Path, lengths: list[int], depths: int = 5, needl
         ppl = perplexity_by_position(model, val, max(lengths), windows=windows)
         line_plot({"loss": ([(b["lo"] + b["hi"]) / 2 for b in ppl["buckets"]], [b["loss"] for b in ppl["buckets"]])},
                   out / "loss_by_position.png", "Validation loss by position", "position", "loss (nats)", logx=True)
-        grid = needle_grid(model, tok, lengths, depths, needles, corpus=data["corpus"])
+        grid = needle_grid(model, tok, lengths, depths, needles, corpus=data["corpus"],
+                           val_fraction=data["val_fraction"])
         _needle_heatmap(grid, out)
         results = {"perplexity": ppl, "niah": grid}
     (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -57,12 +58,13 @@ def _needle_heatmap(grid: dict, out: Path) -> None:
 
 
 def needle_grid(model, tokenizer, lengths: list[int], n_depths: int, per_cell: int, corpus: str | None = None,
-                haystack: str = "text") -> dict:
+                haystack: str = "text", val_fraction: float = 0.1) -> dict:
     """Accuracy for every (depth, length) cell: numbers in a real-text haystack from the validation documents of
-    `corpus`, or (haystack="noise") in the repeated-noise haystack of training task niah."""
+    `corpus` (the run's own split: val_fraction, seed 0 as in training), or (haystack="noise") in the
+    repeated-noise haystack of training task niah."""
     docs = ()
     if haystack == "text":
-        _, val_docs = split_documents(load_documents(corpus))
+        _, val_docs = split_documents(load_documents(corpus), val_fraction, seed=0)
         docs = tuple(d.text for d in val_docs)
     depth_values = [i / (n_depths - 1) for i in range(n_depths)] if n_depths > 1 else [0.5]
     acc = [[needle_accuracy(model, NeedleTask("numbers", context_tokens=n, depth=dep, haystack=haystack,
