@@ -132,8 +132,9 @@ class MirasForCausalLM(PreTrainedModel, GenerationMixin):
 
         labels: [B, T], shifted inside (labels = input_ids gives next-token loss; -100 is ignored).
         past_key_values: a MirasCache, advanced in place by T tokens. use_cache: return the cache (a new one
-        without past_key_values); default config.use_cache outside training. attention_mask: [B, past + T] or [B, T], 1 = token, 0 = pad; each row's tokens one contiguous
-        run (left or right padding). Padded rows run as groups of equal length, so no state sees a pad.
+        without past_key_values); default config.use_cache outside training. attention_mask: [B, past + T]
+        or [B, T], 1 = token, 0 = pad, each row's tokens one contiguous run (left or right padding); padded
+        rows run as groups of equal length, so no state sees a pad.
         """
         if input_ids is None:
             raise ValueError("MirasForCausalLM needs input_ids (inputs_embeds is not supported)")

@@ -85,8 +85,7 @@ class MirasLM(nn.Module):
         for block, state in zip(self.blocks, states):
             x, state = block(x, state)
             new_states.append(state)
-        logits = self.head(self.norm(x))
-        return (logits * self.logit_scale if self.logit_scale != 1.0 else logits), new_states
+        return self.head(self.norm(x)) * self.logit_scale, new_states
 
     def loss(self, input_ids: Tensor, labels: Tensor | None = None) -> Tensor:
         """Next-token cross-entropy; labels default to input_ids shifted left (-100 is ignored)."""
