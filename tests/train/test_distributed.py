@@ -1,7 +1,6 @@
 """A 2-process gloo run under torchrun equals a 1-process run with the same global batch."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -16,20 +15,17 @@ ARGS = ["size=", "run.max_minutes=0", "model.preset=gated-deltanet",
         "optim.steps=4", "optim.warmup_steps=1", "optim.lr=1e-3", "run.save_every=4", "run.eval_every=100", "run.threads=1"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(cmd, out_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(cmd + ARGS + [f"run.out_dir={out_dir}"], check=True, env=env, capture_output=True, timeout=300)
+    done = subprocess.run(cmd + ARGS + [f"run.out_dir={out_dir}"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
 
 
 def torchrun(*args):
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-            f"--master_port={free_port()}", "-m", "miras.cli", "train", "optim.batch_size=4", *args]
+    # --standalone binds the rendezvous store to port 0: the OS picks a free port atomically, so two tests started
+    # at once (pytest-xdist) cannot race for a port chosen in advance.
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "-m", "miras.cli", "train", "optim.batch_size=4", *args]
 
 
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
