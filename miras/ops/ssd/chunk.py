@@ -18,6 +18,7 @@ from torch import Tensor
 from ...spec.errors import require
 from ..chunks import to_chunks
 from ..segsum import segsum
+from .scalar import chunk_simple_gla
 
 
 def chunk_gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None, scale: float | None = None,
@@ -35,9 +36,11 @@ def chunk_gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None, scale: f
     in_dtype = q.dtype
     dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), torch.promote_types(v.dtype, torch.float32))
     scale = K ** -0.5 if scale is None else scale
-    g = k.new_zeros(B, T, H, dtype=dtype) if g is None else g
-    per_channel = g.dim() == 4
     S = k.new_zeros(B, H, K, v.shape[-1], dtype=dtype) if initial_state is None else initial_state.to(dtype)
+    if g is None or g.dim() == 3:
+        o, S = chunk_simple_gla(q, k, v, g, scale, S, chunk_size, dtype)
+        return o.to(in_dtype), (S if output_final_state else None)
+    per_channel = True
     q, k, v, g = (to_chunks(x.to(dtype), chunk_size) for x in (q, k, v, g))
     q = q * scale
     decay = _decays(g, per_channel)                                 # [B, H, N, Kg, C + 1, C + 1]
