@@ -11,7 +11,9 @@ with decay_t, m_t, C, sdecay_t, Cs built from log-space segment sums of the gate
 (`coefficients`). Reads y_t = M_{boundary(A_t)}(q_t) use the dual form when boundary is the
 identity (every product W_t h becomes masked [n, n] matmuls; per-token weights are never
 formed), and per-token weights of the chunk otherwise (Moneta, Memora, elastic net). The only
-Python loop is over chunks.
+Python loop is over chunks, and it carries only the state: the coefficients of all full chunks are
+computed in one batched call before it, and dual-form reads run after it for groups of chunks at
+once (the chunks folded into the head axis).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from ..segsum import segsum
 from ..state import MemoryState, check_inputs
 
 BETA_FLOOR = 1e-30  # beta = 0 is allowed; its log is clamped so that gradients stay finite
+READ_GROUP_BYTES = 16 * 2 ** 20  # chunk-start states stacked for one batched read (kept for backward)
 
 
 @dataclass
@@ -89,29 +92,63 @@ def _token_linear(spec: MirasSpec, co: Coefficients, A0, S0, factors):
     return lambda name, h: torch.einsum("bhtoi,bhti->bhto", W_t[name], h)
 
 
-def _chunk(spec: MirasSpec, q, k, v, gates, A, S, anchor):
-    """One chunk of n tokens ([B, H, n, ...] inputs): -> (y, A, S) after its last token."""
-    memory, bias = spec.memory, spec.bias
-    delta = gates.get("delta")
-    factors = memory.backward_factors(anchor, k, lambda pred: bias.grad(pred, v, delta))
-    co = coefficients(gates["lr"], gates.get("log_alpha"), gates.get("beta"))
-    linear = (_dual_linear(co, A, S, factors) if spec.retention.identity_boundary
-              else _token_linear(spec, co, A, S, factors))
-    y = memory.run(q, linear)[0]
-    A, S = _state_at(k.shape[2] - 1, co, A, S, factors)
-    return y, A, S
+def _stack(ts: list[Tensor]) -> Tensor:
+    """G tensors [B, H, ...] -> [B, H * G, ...]: the chunks of a read group as extra heads."""
+    return torch.stack(ts, dim=2).flatten(1, 2)
+
+
+def _read_group(spec: MirasSpec, reads: list[tuple]) -> Tensor:
+    """The outputs of G chunks of equal length, each (q, Coefficients, A, S, factors) at its start, by one
+    dual-form read with the chunks folded into the head axis: -> [B, H, G * n, d_v]."""
+    q, co, A, S, factors = zip(*reads)
+    co = Coefficients(**{f: None if getattr(co[0], f) is None else _stack([getattr(c, f) for c in co])
+                         for f in vars(co[0])})
+    A = {name: _stack([a[name] for a in A]) for name in A[0]}
+    S = None if S[0] is None else {name: _stack([s[name] for s in S]) for name in S[0]}
+    factors = {name: (_stack([f[name][0] for f in factors]), _stack([f[name][1] for f in factors]))
+               for name in factors[0]}
+    y = spec.memory.run(_stack(list(q)), _dual_linear(co, A, S, factors))[0]     # [B, H * G, n, d_v]
+    return y.unflatten(1, (-1, len(reads))).flatten(2, 3)
 
 
 def _chunks(spec, chunks, A, S, anchor):
-    """Runs consecutive chunks, each (q, k, v, gates, tokens already in the chunk) with [B, H, n, ...] tensors."""
-    ys = []
-    for q, k, v, gates, before in chunks:
+    """Runs consecutive chunks, each (q, k, v, gates, Coefficients, tokens already in the chunk) with
+    [B, H, n, ...] tensors. Only the state passing is sequential: with an identity boundary the reads of
+    up to READ_GROUP_BYTES of chunk-start states are done together after it (`_read_group`)."""
+    memory, bias = spec.memory, spec.bias
+    state_bytes = sum(a.numel() * a.element_size() for a in A.values()) * (1 if S is None else 2)
+    group = max(1, READ_GROUP_BYTES // max(state_bytes, 1))
+    ys, reads = [], []
+    for q, k, v, gates, co, before in chunks:
         if anchor is None:
             anchor = spec.retention.boundary(A)
-        y, A, S = _chunk(spec, q, k, v, gates, A, S, anchor)
-        ys.append(y)
+        delta = gates.get("delta")
+        factors = memory.backward_factors(anchor, k, lambda pred: bias.grad(pred, v, delta))
+        if spec.retention.identity_boundary:
+            if reads and (len(reads) == group or reads[0][0].shape[2] != q.shape[2]):
+                ys.append(_read_group(spec, reads))
+                reads = []
+            reads.append((q, co, A, S, factors))
+        else:
+            ys.append(memory.run(q, _token_linear(spec, co, A, S, factors))[0])
+        A, S = _state_at(k.shape[2] - 1, co, A, S, factors)
         anchor = None if before + q.shape[2] == spec.chunk_size else anchor
+    if reads:
+        ys.append(_read_group(spec, reads))
     return torch.cat(ys, dim=2), A, S, anchor
+
+
+def _all_coefficients(gate_parts: dict[str, tuple[Tensor, ...]], sizes: list[int], b: int) -> list[Coefficients]:
+    """Every chunk's Coefficients; the full chunks (n = b) in one batched call over a chunk axis."""
+    def of(parts):
+        return coefficients(parts["lr"], parts.get("log_alpha"), parts.get("beta"))
+    full = [i for i, n in enumerate(sizes) if n == b]
+    out = {}
+    if full:
+        batched = of({name: torch.stack([g[i] for i in full], dim=2) for name, g in gate_parts.items()})
+        fields = {f: (None if t is None else t.unbind(2)) for f, t in vars(batched).items()}
+        out = {i: Coefficients(**{f: None if t is None else t[j] for f, t in fields.items()}) for j, i in enumerate(full)}
+    return [out[i] if i in out else of({name: g[i] for name, g in gate_parts.items()}) for i in range(len(sizes))]
 
 
 def chunk_minibatch(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor],
@@ -134,7 +171,8 @@ def chunk_minibatch(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dic
     # split once (backward: one concatenation), never slice chunk by chunk (a full-size gradient per chunk)
     parts = [x.split(sizes, dim=2) for x in (q, k, v)]
     gate_parts = {n: g.split(sizes, dim=2) for n, g in gates.items()}
-    chunks = [(parts[0][i], parts[1][i], parts[2][i], {n: g[i] for n, g in gate_parts.items()},
+    cos = _all_coefficients(gate_parts, sizes, b)
+    chunks = [(parts[0][i], parts[1][i], parts[2][i], {n: g[i] for n, g in gate_parts.items()}, cos[i],
                state.offset if i == 0 else 0) for i in range(len(sizes))]
     anchor, ys = state.anchor, []
     group = checkpoint_chunks if checkpoint_chunks > 0 else max(len(chunks), 1)
