@@ -60,13 +60,19 @@ def _state_at(row: int, co: Coefficients, A0, S0, factors) -> tuple[dict, dict |
     """A and S after token `row` of the chunk."""
     A, S = {}, None if S0 is None else {}
     for name, (d, a) in factors.items():
-        upd = torch.einsum("bhr,bhro,bhri->bhoi", co.C[..., row, :], d, a)
-        A[name] = co.decay[..., row, None, None] * A0[name] - upd
+        start = co.decay[..., row, None, None] * A0[name]
         if S0 is not None:
-            A[name] = A[name] + co.m[..., row, None, None] * S0[name]
-            S[name] = co.sdecay[..., row, None, None] * S0[name] - torch.einsum(
-                "bhr,bhro,bhri->bhoi", co.Cs[..., row, :], d, a)
+            start = torch.addcmul(start, co.m[..., row, None, None], S0[name])
+            S[name] = _minus_outer_sum(co.sdecay[..., row, None, None] * S0[name], co.Cs[..., row, :], d, a)
+        A[name] = _minus_outer_sum(start, co.C[..., row, :], d, a)
     return A, S
+
+
+def _minus_outer_sum(X: Tensor, c: Tensor, d: Tensor, a: Tensor) -> Tensor:
+    """X - sum_r c_r outer(d_r, a_r): X [B, H, o, i], c [B, H, n], d [B, H, n, o], a [B, H, n, i]; one fused
+    matmul-add, so a weight-sized tensor is written once (and its backward reads it once)."""
+    dc = (d * c.unsqueeze(-1)).flatten(0, 1).transpose(1, 2)                      # [B H, o, n]
+    return torch.baddbmm(X.flatten(0, 1), dc, a.flatten(0, 1), alpha=-1).view_as(X)
 
 
 def _dual_linear(co: Coefficients, A0, S0, factors):
