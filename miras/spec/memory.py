@@ -145,7 +145,7 @@ class MLPMemory:
 
     def __call__(self, W: dict[str, Tensor], x: Tensor) -> Tensor:
         """M_W(x): W [B, H, out, in], x [B, H, n, d_k] -> [B, H, n, d_v]."""
-        return self.run(x, lambda name, h: torch.einsum("bhoi,bhni->bhno", W[name], h))[0]
+        return self.run(x, lambda name, h: h @ W[name].transpose(-1, -2))[0]
 
     def grads(self, W: dict[str, Tensor], x: Tensor, dpred) -> dict[str, Tensor]:
         """Per-input gradients of sum_n <dpred_n, M_W(x_n)>: name -> [B, H, n, out, in]."""
@@ -159,7 +159,7 @@ class MLPMemory:
         grads()[name][..., n, :, :] == outer(delta_n, input_n). The chunked engine uses the factors
         directly, so per-token weight gradients are never materialized.
         """
-        pred, acts, pres, normed, inv_std = self.run(x, lambda name, h: torch.einsum("bhoi,bhni->bhno", W[name], h))
+        pred, acts, pres, normed, inv_std = self.run(x, lambda name, h: h @ W[name].transpose(-1, -2))
         d = dpred(pred) if callable(dpred) else dpred
         if self.norm:
             d = layer_norm_backward(d, normed, inv_std)
@@ -168,7 +168,7 @@ class MLPMemory:
         for idx in range(len(names) - 1, -1, -1):
             factors[names[idx]] = (d, acts[idx])
             if idx > 0:
-                d = torch.einsum("bhoi,bhno->bhni", W[names[idx]], d) * activation_grad(self.activation, pres[idx - 1])
+                d = (d @ W[names[idx]]) * activation_grad(self.activation, pres[idx - 1])
         return dict(reversed(list(factors.items())))
 
 

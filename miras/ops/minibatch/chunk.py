@@ -79,11 +79,10 @@ def _dual_linear(co: Coefficients, A0, S0, factors):
     """W_t h_t for every token t of the chunk, from the unrolled state, without forming W_t."""
     def linear(name: str, h: Tensor) -> Tensor:
         d, a = factors[name]
-        z = co.decay.unsqueeze(-1) * torch.einsum("bhoi,bhti->bhto", A0[name], h)
+        z = co.decay.unsqueeze(-1) * (h @ A0[name].transpose(-1, -2))
         if S0 is not None:
-            z = z + co.m.unsqueeze(-1) * torch.einsum("bhoi,bhti->bhto", S0[name], h)
-        scores = co.C * torch.einsum("bhti,bhri->bhtr", h, a)
-        return z - torch.einsum("bhtr,bhro->bhto", scores, d)
+            z = torch.addcmul(z, co.m.unsqueeze(-1), h @ S0[name].transpose(-1, -2))
+        return z - (co.C * (h @ a.transpose(-1, -2))) @ d
     return linear
 
 
