@@ -7,6 +7,7 @@ import torch
 
 from miras.ops import MemoryState, recurrent_reference
 from miras.ops.delta import chunk_gated_delta_rule
+from miras.ops.delta.fused import unit_lower_inverse
 from miras.ops.inputs import random_inputs
 from miras.spec import get_preset
 
@@ -49,13 +50,22 @@ def _with_grads(run, x):
 
 
 
-@pytest.mark.parametrize("chunk_size", [16, 64], ids=lambda c: f"C{c}")
+@pytest.mark.parametrize("chunk_size", [1, 16, 64], ids=lambda c: f"C{c}")
 @pytest.mark.parametrize("seqlen", [1, 7, 63, 64, 65, 200], ids=lambda t: f"T{t}")
 @pytest.mark.parametrize("name", PRESETS)
 def test_matches_reference_in_float64(name, seqlen, chunk_size):
     spec, x = _leaves(name, seqlen)
     errs = rel_errors(_with_grads(lambda x: _chunked(x, chunk_size), x), _with_grads(lambda x: _reference(spec, x), x))
     assert max(errs.values()) <= 1e-9, errs
+
+
+@pytest.mark.parametrize("C", [1, 2, 7, 16, 64, 65])
+def test_unit_lower_inverse_is_a_triangular_solve(C):
+    """Only the strictly lower part of A is read: its diagonal and upper part are noise here."""
+    A = torch.randn(3, C, C, generator=torch.Generator().manual_seed(C), dtype=torch.float64) / C ** 0.5
+    eye = torch.eye(C, dtype=torch.float64)
+    want = torch.linalg.solve_triangular(A.tril(-1) + eye, eye.expand_as(A), upper=False)
+    assert rel_err(unit_lower_inverse(A, out=torch.empty_like(A)), want) <= 1e-13
 
 
 @pytest.mark.parametrize("d_k,d_v", [(4, 8), (8, 3)], ids=["dk4-dv8", "dk8-dv3"])
@@ -78,6 +88,34 @@ def test_float32_is_close_to_the_float64_reference(name, seqlen, chunk_size):
     assert all(t.dtype == torch.float32 for t in got.values())
     errs = rel_errors(got, _with_grads(lambda x: _reference(spec, x), x64))
     assert max(errs.values()) <= 1e-5, errs
+
+
+def test_strong_decay_stays_finite_and_exact_in_float32():
+    """Half the decays at exp(-30) per token: in-chunk cumulative log decays reach -1900, where exp(-gamma)
+    overflows; only differences <= 0 may be exponentiated."""
+    _, x = _leaves("gated-deltanet", 130, dtype=torch.float32)
+    with torch.no_grad():
+        x["g"][..., ::2] = -30.0
+    got = _with_grads(lambda x: _chunked(x, 64), x)
+    spec = get_preset("gated-deltanet").spec
+    want = _with_grads(lambda x: _reference(spec, x), {n: t.detach().double().requires_grad_() for n, t in x.items()})
+    assert all(t.isfinite().all() for t in got.values())
+    errs = rel_errors(got, want)
+    assert max(errs.values()) <= 1e-5, errs
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_inputs_without_grad_and_under_no_grad(name):
+    _, x = _leaves(name, 40)
+    want = _chunked(x, 16)
+    with torch.no_grad():
+        got = _chunked(x, 16)
+    assert all(rel_err(a, b) <= 1e-14 and not a.requires_grad for a, b in zip(got, want))
+    frozen = {n: t.detach() for n, t in x.items()}
+    assert all(rel_err(a, b) <= 1e-14 and not a.requires_grad for a, b in zip(_chunked(frozen, 16), want))
+    only_v = {**frozen, "v": x["v"]}
+    (dv,) = torch.autograd.grad(_chunked(only_v, 16)[0].sum(), [only_v["v"]])
+    assert rel_err(dv, torch.autograd.grad(want[0].sum(), [x["v"]])[0]) <= 1e-14
 
 
 @pytest.mark.parametrize("split", [37, 50], ids=lambda s: f"split{s}")
@@ -122,6 +160,9 @@ def test_output_keeps_the_input_dtype_and_the_state_is_at_least_float32(dtype):
     assert o.dtype == dtype and S.dtype == torch.promote_types(dtype, torch.float32)
     o32, _ = chunk_gated_delta_rule(*(x[n].float() for n in ("q", "k", "v", "g", "beta")), chunk_size=4)
     assert rel_err(o, o32) <= 1e-2
+    leaves = [x[n].requires_grad_() for n in ("q", "k", "v", "g", "beta")]
+    grads = torch.autograd.grad(chunk_gated_delta_rule(*leaves, chunk_size=4)[0].float().sum(), leaves)
+    assert all(d.dtype == dtype and d.isfinite().all() for d in grads)
 
 
 def test_no_final_state_unless_asked():

@@ -5,9 +5,11 @@ Per batch row and head, with state S: [K, V] (S = W^T of the reference) and per 
     S_t = exp(g_t) S_{t-1} + k_t v_t^T      (g_t scalar, or per key channel: exp(g_t) scales the K rows of S)
     o_t = scale * S_t^T q_t
 
-Per chunk of C tokens, all decays are exp of log-space segment sums of g (masked to -inf above the diagonal
-before exp): the intra-chunk quadratic form, the chunk states, a loop over chunks passing the state, and the
-state-to-output term. `ssd` is Mamba-2's discretised form mapped onto `chunk_gla`. Derivation: docs/ops/ssd.md.
+Per chunk of C tokens: the intra-chunk quadratic form, the chunk states, a loop over chunks passing the
+state, and the state-to-output term, every decay exp of a non-positive log-space sum (masked to -inf above the
+diagonal before exp). A per-head decay (or none) runs `scalar.py` (in-chunk cumulative sums, a hand-written
+backward); a per-channel decay runs here with segsum and autograd. `ssd` is Mamba-2's discretised form mapped
+onto `chunk_gla`. Derivation: docs/ops/ssd.md.
 """
 from __future__ import annotations
 

@@ -14,8 +14,9 @@ state gradient, and the log-decay gradient from the identity dL/dG_t = q_t . dq_
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from ..blocks import chunk_blocks, decay_matrix, read_chunks, scaled_bmm, write_chunks
 
 
 def chunk_simple_gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, scale: float, initial_state: Tensor,
@@ -27,63 +28,26 @@ def chunk_simple_gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, scale: f
     return _ChunkSimpleGLA.apply(q, k, v, g, initial_state, scale, chunk_size, dtype)
 
 
-MATRICES_PER_BLOCK = 64   # chunks x (batch x heads) per batched matmul: ~1 MiB operands stay in a core's L2
-
-
-def _blocks(N: int, BH: int) -> list[slice]:
-    """Runs of whole chunks, about MATRICES_PER_BLOCK matrices each."""
-    step = max(1, MATRICES_PER_BLOCK // BH)
-    return [slice(n, min(n + step, N)) for n in range(0, N, step)]
-
-
-def _read(x: Tensor, b: slice, C: int, dtype: torch.dtype) -> Tensor:
-    """Chunks b of x [B, T, H, *d] as contiguous [len(b) * B * H, C, *d] in dtype (chunk-major), zero-padded."""
-    x = x[:, b.start * C:b.stop * C].to(dtype)
-    if x.shape[1] < (b.stop - b.start) * C:
-        x = F.pad(x, (0, 0) * (x.dim() - 2) + (0, (b.stop - b.start) * C - x.shape[1]))
-    x = x.unflatten(1, (-1, C)).transpose(2, 3).movedim(1, 0)                 # [nb, B, H, C, *d]
-    return x.reshape(-1, *x.shape[3:])
-
-
-def _write(out: Tensor, b: slice, x: Tensor) -> None:
-    """The inverse of _read: x [len(b) * B * H, C, D] into chunks b of out [B, N * C, H, D]."""
-    B, _, H, D = out.shape
-    C = x.shape[1]
-    out[:, b.start * C:b.stop * C].view(B, -1, C, H, D).copy_(x.view(-1, B, H, C, D).permute(1, 0, 3, 2, 4))
-
-
-def _decay_matrix(gc: Tensor) -> Tensor:
-    """gc: [M, C] -> L [M, C, C], exp(gc_t - gc_s) on and below the diagonal, 0 above."""
-    C = gc.shape[-1]
-    upper = torch.ones(C, C, dtype=torch.bool, device=gc.device).triu(1)
-    return (gc.unsqueeze(-1) - gc.unsqueeze(-2)).masked_fill_(upper, float("-inf")).exp_()
-
-
-def _matmul(a: Tensor, b: Tensor, alpha: float) -> Tensor:
-    """alpha * a @ b for [M, n, m] @ [M, m, p], the scaling fused into the matmul."""
-    return torch.baddbmm(a.new_empty(()), a, b, beta=0, alpha=alpha)
-
-
 class _ChunkSimpleGLA(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, g, S0, scale, C, dtype):
         B, T, H, K = q.shape
         N, BH = -(-T // C), B * H
-        gc = _read(g, slice(0, N), C, dtype).view(N, BH, C).cumsum(-1)       # in-chunk cumulative log decays
+        gc = read_chunks(g, slice(0, N), C, dtype).view(N, BH, C).cumsum(-1)  # in-chunk cumulative log decays
         o = q.new_empty(B, N * C, H, v.shape[-1], dtype=dtype)
         states = q.new_empty(N + 1, BH, K, v.shape[-1], dtype=dtype)          # [n]: the state entering chunk n
         states[0] = S0.reshape(BH, K, -1)
         chunk_decay = gc[..., -1].exp()[..., None, None]                       # [N, BH, 1, 1]
-        for b in _blocks(N, BH):
-            q_, k_, v_ = (_read(x, b, C, dtype) for x in (q, k, v))            # [M, C, D], M = len(b) * BH
+        for b in chunk_blocks(N, BH):
+            q_, k_, v_ = (read_chunks(x, b, C, dtype) for x in (q, k, v))     # [M, C, D], M = len(b) * BH
             g_ = gc[b].flatten(0, 1)                                           # [M, C]
-            o_ = torch.bmm(_matmul(q_, k_.transpose(1, 2), scale).mul_(_decay_matrix(g_)), v_)
+            o_ = torch.bmm(scaled_bmm(q_, k_.transpose(1, 2), scale).mul_(decay_matrix(g_)), v_)
             own = torch.bmm((k_ * (g_[:, -1:] - g_).exp_().unsqueeze(-1)).transpose(1, 2), v_)
             for i, n in enumerate(range(b.start, b.stop)):
                 torch.addcmul(own[i * BH:(i + 1) * BH], states[n], chunk_decay[n], out=states[n + 1])
             o_.baddbmm_(q_ * g_.exp().unsqueeze(-1), states[b].flatten(0, 1), alpha=scale)
-            _write(o, b, o_)
+            write_chunks(o, b, o_)
         ctx.save_for_backward(q, k, v, gc, states)
         ctx.meta = (scale, C, dtype, [x.dtype for x in (q, k, v, g, S0)])
         return o[:, :T], states[-1].view(B, H, K, -1).clone()
@@ -99,25 +63,25 @@ class _ChunkSimpleGLA(torch.autograd.Function):
         dq, dk, dv = (x.new_empty(B, N * C, *x.shape[2:], dtype=dtype) for x in (q, k, v))
         dG = torch.empty_like(gc)                                              # d(global cumulative log decay)
         chunk_decay = gc[..., -1].exp()[..., None, None]
-        for b in reversed(_blocks(N, BH)):
-            q_, k_, v_, do_ = (_read(x, b, C, dtype) for x in (q, k, v, do))
+        for b in reversed(chunk_blocks(N, BH)):
+            q_, k_, v_, do_ = (read_chunks(x, b, C, dtype) for x in (q, k, v, do))
             g_ = gc[b].flatten(0, 1)
             decay_in = g_.exp().unsqueeze(-1)                                  # [M, C, 1]
             to_end = (g_[:, -1:] - g_).exp_().unsqueeze(-1)
             # the state gradient: read directly by this block's outputs, and passed back from later chunks
-            d_read = _matmul((q_ * decay_in).transpose(1, 2), do_, scale)
+            d_read = scaled_bmm((q_ * decay_in).transpose(1, 2), do_, scale)
             for i, n in reversed(list(enumerate(range(b.start, b.stop)))):
                 torch.addcmul(d_read[i * BH:(i + 1) * BH], d_states[n + 1], chunk_decay[n], out=d_states[n])
             d_own = d_states[b.start + 1:b.stop + 1].flatten(0, 1)           # d(each chunk's own writes)
-            L = _decay_matrix(g_)
-            dA = _matmul(do_, v_.transpose(1, 2), scale).mul_(L)              # d(q k^T)
-            A = _matmul(q_, k_.transpose(1, 2), scale).mul_(L)
+            L = decay_matrix(g_)
+            dA = scaled_bmm(do_, v_.transpose(1, 2), scale).mul_(L)           # d(q k^T)
+            A = scaled_bmm(q_, k_.transpose(1, 2), scale).mul_(L)
             dq_ = torch.bmm(do_, states[b].flatten(0, 1).transpose(1, 2)).mul_(decay_in.mul(scale)).baddbmm_(dA, k_)
             dk_ = torch.bmm(v_, d_own.transpose(1, 2)).mul_(to_end).baddbmm_(dA.transpose(1, 2), q_)
             dv_ = torch.bmm(k_ * to_end, d_own).baddbmm_(A.transpose(1, 2), do_)
             dG[b] = ((q_ * dq_).sum(-1) - (k_ * dk_).sum(-1)).view(-1, BH, C)
             for out, x in zip((dq, dk, dv), (dq_, dk_, dv_)):
-                _write(out, b, x)
+                write_chunks(out, b, x)
         dg = None
         if ctx.needs_input_grad[3]:
             dG = dG.permute(1, 0, 2).flatten(1)                                # [BH, N * C] in time order
