@@ -18,7 +18,7 @@ from .delta import chunk_gated_delta_rule
 from .minibatch import chunk_minibatch
 from .reference import recurrent_reference
 from .ssd import chunk_gla
-from .state import MemoryState, check_inputs, initial_state
+from .state import MemoryState, check_inputs, check_tensors, initial_state
 
 MODES = ("auto", "reference", "chunked")
 CHECK_FINITE_ENV = "MIRAS_CHECK_FINITE"   # =1: report NaN / Inf in every op's inputs, outputs and states
@@ -71,6 +71,8 @@ def _memory_op(spec, q, k, v, gates, state, mode, checkpoint_chunks):
     op = "reference" if mode == "reference" else select_op(spec)
     require(not (mode == "chunked" and op == "reference"), "mode", mode, f"'auto' or 'reference' for {spec}",
             "per-channel decay with a non-dot-product bias has no chunked form yet")
+    if state is not None:
+        check_tensors({"q": q, **{f"state.{n}": t for n, t in state.tensors().items()}})
     if op == "reference":
         return recurrent_reference(spec, q, k, v, gates, state)
     check_inputs(spec, q, k, v, gates)

@@ -53,8 +53,20 @@ def initial_state(spec: MirasSpec, batch: int, W0: dict[str, Tensor] | None = No
     return MemoryState(A, S)
 
 
+def check_tensors(tensors: dict[str, Tensor | None]) -> None:
+    """Every given tensor floating point and on the first one's device (None entries are skipped)."""
+    given = {name: t for name, t in tensors.items() if t is not None}
+    device = next(iter(given.values())).device
+    for name, t in given.items():
+        require(t.is_floating_point(), f"{name}.dtype", t.dtype, "a floating-point dtype",
+                "cast with .float() (float32 / float64 / bfloat16 / float16)")
+        require(t.device == device, f"{name}.device", str(t.device), f"{device} (the device of "
+                f"{next(iter(given))})", "move every input and the state to one device")
+
+
 def check_inputs(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor]) -> None:
-    """Shapes of q, k, v and presence, shape and range of every gate the spec reads."""
+    """Dtypes, devices and shapes of q, k, v and presence, shape and range of every gate the spec reads."""
+    check_tensors({"q": q, "k": k, "v": v, **{f"gates.{n}": g for n, g in gates.items()}})
     require(q.dim() == 4 and q.shape == k.shape, "q/k shape", (tuple(q.shape), tuple(k.shape)),
             "equal [B, T, H, d_k]", "pass heads as the third dim")
     require(v.dim() == 4 and v.shape[:3] == k.shape[:3], "v shape", tuple(v.shape),

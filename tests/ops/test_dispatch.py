@@ -60,3 +60,33 @@ def test_opt_in_finite_check_names_the_tensor(monkeypatch):
     monkeypatch.setenv("MIRAS_CHECK_FINITE", "1")
     with pytest.raises(FloatingPointError, match=r"memory_op input: v has a non-finite value at index \(0, 3, 1, 2\)"):
         memory_op(spec, q, k, v, gates, state)
+
+
+@pytest.mark.parametrize("name", ["mamba2", "gated-deltanet", "titans-lmm", "transformer"])
+def test_device_and_dtype_mismatches_name_the_argument(name):
+    """A tensor on another device ("meta" stands in for a GPU) or an integer tensor raises before any math,
+    naming the argument, what it is and what is expected."""
+    spec = get_preset(name).spec
+    q, k, v, gates, state = random_inputs(spec, seqlen=5)
+    with pytest.raises(ConfigError, match=r"k\.device='meta' is invalid: allowed cpu \(the device of q\)"):
+        memory_op(spec, q, k.to("meta"), v, gates, state)
+    with pytest.raises(ConfigError, match=r"v\.dtype=torch\.int64 is invalid: allowed a floating-point dtype"):
+        memory_op(spec, q, k, v.long(), gates, state)
+    if state is not None and state.A:
+        name0, t = next(iter(state.A.items()))
+        bad = type(state)({**state.A, name0: t.to("meta")}, state.S, state.anchor, state.offset)
+        with pytest.raises(ConfigError, match=rf"state\.A\.{name0}\.device='meta'"):
+            memory_op(spec, q, k, v, gates, bad)
+
+
+def test_exact_ops_check_devices_and_dtypes():
+    from miras.ops.delta import chunk_gated_delta_rule
+    from miras.ops.ssd import chunk_gla, ssd
+    q = k = v = torch.randn(1, 5, 2, 4)
+    g = -torch.rand(1, 5, 2)
+    with pytest.raises(ConfigError, match=r"g\.device='meta'"):
+        chunk_gla(q, k, v, g.to("meta"))
+    with pytest.raises(ConfigError, match=r"beta\.dtype=torch\.int64"):
+        chunk_gated_delta_rule(q, k, v, g, beta=torch.ones(1, 5, 2, dtype=torch.long))
+    with pytest.raises(ConfigError, match=r"A\.device='meta'"):
+        ssd(v, -g, -torch.ones(2, device="meta"), q, k)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ...spec.errors import require
+from ..state import check_tensors
 from .fused import fused_gated_delta_rule
 
 
@@ -37,6 +38,7 @@ def chunk_gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = N
 
 
 def _check(q, k, v, g, beta, initial_state, chunk_size):
+    check_tensors({"q": q, "k": k, "v": v, "g": g, "beta": beta, "initial_state": initial_state})
     require(q.dim() == 4 and q.shape == k.shape, "q/k shape", (tuple(q.shape), tuple(k.shape)), "equal [B, T, H, K]")
     require(v.dim() == 4 and v.shape[:3] == k.shape[:3], "v shape", tuple(v.shape), f"[B, T, H, V], B, T, H = "
             f"{tuple(k.shape[:3])}")

@@ -20,6 +20,7 @@ from torch import Tensor
 from ...spec.errors import require
 from ..chunks import to_chunks
 from ..segsum import segsum
+from ..state import check_tensors
 from .scalar import chunk_simple_gla
 
 
@@ -107,6 +108,7 @@ def _pass_states(chunk_states: Tensor, chunk_decay: Tensor, S: Tensor) -> tuple[
 
 
 def _check(q, k, v, g, initial_state, chunk_size):
+    check_tensors({"q": q, "k": k, "v": v, "g": g, "initial_state": initial_state})
     require(q.dim() == 4 and q.shape == k.shape, "q/k shape", (tuple(q.shape), tuple(k.shape)), "equal [B, T, H, K]")
     require(v.dim() == 4 and v.shape[:3] == k.shape[:3], "v shape", tuple(v.shape),
             f"[B, T, H, V], B, T, H = {tuple(k.shape[:3])}")
@@ -119,6 +121,7 @@ def _check(q, k, v, g, initial_state, chunk_size):
 
 
 def _check_ssd(x, dt, A, B, C, D, initial_states):
+    check_tensors({"x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D, "initial_states": initial_states})
     require(x.dim() == 4, "x.shape", tuple(x.shape), "[b, l, h, p]")
     b, l, h, p = x.shape
     require(tuple(dt.shape) == (b, l, h), "dt.shape", tuple(dt.shape), f"{(b, l, h)}")
