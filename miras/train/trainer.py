@@ -165,8 +165,9 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
     run_dir = Path(cfg.run.out_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / ".write-test").touch()
-        (run_dir / ".write-test").unlink()
+        probe = run_dir / f".write-test-{d.rank}"     # one per rank: ranks probe the same folder at once
+        probe.touch()
+        probe.unlink()
     except OSError as err:
         raise ConfigError(f"run.out_dir={str(run_dir)!r} is not writable: {err}") from err
     torch.manual_seed(cfg.run.seed)
