@@ -43,12 +43,11 @@ def chunk_gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None, scale: f
     if g is None or g.dim() == 3:
         o, S = chunk_simple_gla(q, k, v, g, scale, S, chunk_size, dtype)
         return o.to(in_dtype), (S if output_final_state else None)
-    per_channel = True
     q, k, v, g = (to_chunks(x.to(dtype), chunk_size) for x in (q, k, v, g))
     q = q * scale
-    decay = _decays(g, per_channel)                                 # [B, H, N, Kg, C + 1, C + 1]
-    from_start = decay[..., 1:, 0].transpose(-1, -2)                # [B, H, N, C, Kg]: chunk start -> t
-    to_end = decay[..., -1, 1:].transpose(-1, -2)                   # [B, H, N, C, Kg]: s -> chunk end
+    decay = _decays(g)                                              # [B, H, N, K, C + 1, C + 1]
+    from_start = decay[..., 1:, 0].transpose(-1, -2)                # [B, H, N, C, K]: chunk start -> t
+    to_end = decay[..., -1, 1:].transpose(-1, -2)                   # [B, H, N, C, K]: s -> chunk end
     chunk_states = (k * to_end).transpose(-1, -2) @ v               # [B, H, N, K, V]: each chunk's own writes
     entering, S = _pass_states(chunk_states, decay[..., -1, :1], S)
     o = (q * from_start) @ entering + _scores(q, k, decay[..., 1:, 1:]) @ v
@@ -81,22 +80,19 @@ def ssd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int 
     return (y, S.transpose(-1, -2)) if return_final_states else y
 
 
-def _decays(g: Tensor, per_channel: bool) -> Tensor:
-    """g: [B, H, N, C] or [B, H, N, C, K] -> [B, H, N, Kg, C + 1, C + 1] (Kg = 1 or K), entry [t, s] the decay
-    exp(g_{s+1} + ... + g_t) from token s to token t (index 0: the chunk start), 0 for s > t."""
-    g = g.transpose(-1, -2) if per_channel else g.unsqueeze(-2)    # [B, H, N, Kg, C]
-    return segsum(F.pad(g, (1, 0))).exp()
+def _decays(g: Tensor) -> Tensor:
+    """g: [B, H, N, C, K] -> [B, H, N, K, C + 1, C + 1], entry [t, s] the per-channel decay exp(g_{s+1} + ... + g_t)
+    from token s to token t (index 0: the chunk start), 0 for s > t."""
+    return segsum(F.pad(g.transpose(-1, -2), (1, 0))).exp()
 
 
 def _scores(q: Tensor, k: Tensor, decay: Tensor) -> Tensor:
-    """q, k: [B, H, N, C, K]; decay [B, H, N, Kg, C, C] -> sum_c q_tc k_sc decay_c[t, s]: [B, H, N, C, C]."""
-    if decay.shape[-3] == 1:
-        return (q @ k.transpose(-1, -2)) * decay.squeeze(-3)
+    """q, k: [B, H, N, C, K]; decay [B, H, N, K, C, C] -> sum_c q_tc k_sc decay_c[t, s]: [B, H, N, C, C]."""
     return torch.einsum("bhntc,bhnsc,bhncts->bhnts", q, k, decay)
 
 
 def _pass_states(chunk_states: Tensor, chunk_decay: Tensor, S: Tensor) -> tuple[Tensor, Tensor]:
-    """chunk_states: [B, H, N, K, V]; chunk_decay: [B, H, N, Kg, 1]; S: [B, H, K, V] the initial state.
+    """chunk_states: [B, H, N, K, V]; chunk_decay: [B, H, N, K, 1]; S: [B, H, K, V] the initial state.
     The loop over chunks, S <- chunk_decay S + chunk_state: returns the states entering every chunk
     [B, H, N, K, V] and the last state."""
     states = [S]
