@@ -24,6 +24,10 @@ from .state_tree import map_tensors
 
 _MIRAS_FIELDS = tuple(f.name for f in fields(MirasConfig))
 
+# The keyword under which the installed transformers passes the cache to generate / forward and returns it:
+# `cache` from 5.24 on, `past_key_values` before (forward accepts both).
+CACHE_KEYWORD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 
 class MirasHFConfig(PretrainedConfig):
     """A MirasConfig as a PretrainedConfig: every MirasConfig field is an attribute of the same name and default
@@ -58,8 +62,13 @@ class MirasCache:
     state has the batch first; 0-dim tensors (positions) are shared by the rows.
     """
 
-    is_compileable = False   # read by generate: no torch.compile of the decoding step
-    is_croppable = False     # a recurrent state cannot be rolled back token by token
+    # Read by generate (which version reads which is in docs/models.md). A recurrent state can be neither compiled
+    # into a static decoding step nor cropped token by token; is_linear (transformers >= 5.24, one flag per layer
+    # there) marks the whole cache as recurrent, so generate leaves the choice of the tokens to feed to
+    # MirasForCausalLM.prepare_inputs_for_generation.
+    is_compileable = False
+    is_croppable = False
+    is_linear = (True,)
 
     def __init__(self, states: list | None = None, seen: int = 0):
         self.states, self.seen = states, seen
@@ -95,9 +104,10 @@ class MirasForCausalLM(PreTrainedModel, GenerationMixin):
     """MirasLM (as `.model`) with the PreTrainedModel / GenerationMixin interface. Left-padded batches (the usual
     batched-generation layout) and right-padded ones run each row as it would run alone (padding.py).
 
-    GenerationMixin.prepare_inputs_for_generation is kept as it is: once the cache holds the prompt it feeds only
-    the tokens the cache has not seen (the last one while decoding), also when generate restarts from a
-    MirasCache passed as past_key_values.
+    The cache is a MirasCache under the keyword that the installed transformers uses (`cache` from 5.24 on,
+    `past_key_values` before; forward accepts either). prepare_inputs_for_generation feeds exactly the tokens the
+    cache has not seen: the prompt, then the last token while decoding, and the new tail when generate restarts from
+    a MirasCache it returned.
     """
 
     config_class = MirasHFConfig
@@ -125,17 +135,41 @@ class MirasForCausalLM(PreTrainedModel, GenerationMixin):
     def get_output_embeddings(self):
         return self.model.head
 
+    def prepare_inputs_for_generation(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                                      use_cache: bool | None = None, **kwargs) -> dict:
+        """generate's step inputs: the tokens of input_ids (the whole sequence so far) that the cache has not seen.
+
+        Replaces GenerationMixin's version, whose slicing rule (cache_position, next_sequence_length, is_linear)
+        changes from one transformers release to the next; the only rule a recurrent cache needs is its length.
+        """
+        cache = _cache_argument(kwargs)
+        if kwargs.get("inputs_embeds") is not None:
+            raise ValueError("MirasForCausalLM.generate needs input_ids (inputs_embeds is not supported)")
+        if cache is not None and cache.seen:
+            if input_ids.shape[1] <= cache.seen:
+                raise ValueError(
+                    f"generate with a MirasCache that has seen {cache.seen} tokens got input_ids of length "
+                    f"{input_ids.shape[1]}: pass the whole sequence (the tokens the cache has seen, then the new ones)")
+            input_ids = input_ids[:, cache.seen:]
+        inputs = {"input_ids": input_ids.contiguous(), "attention_mask": attention_mask, "use_cache": use_cache}
+        inputs.update({key: True for key in ("output_attentions", "output_hidden_states") if kwargs.get(key)})
+        if cache is not None:
+            inputs[CACHE_KEYWORD] = cache
+        return inputs
+
     def forward(self, input_ids: Tensor | None = None, labels: Tensor | None = None,
-                past_key_values: MirasCache | None = None, use_cache: bool | None = None,
+                cache: MirasCache | None = None, use_cache: bool | None = None,
                 attention_mask: Tensor | None = None, return_dict: bool | None = None, **kwargs):
-        """input_ids [B, T] (the tokens after those in past_key_values) -> CausalLMOutputWithPast.
+        """input_ids [B, T] (the tokens after those in the cache) -> CausalLMOutputWithPast.
 
         labels: [B, T], shifted inside (labels = input_ids gives next-token loss; -100 is ignored).
-        past_key_values: a MirasCache, advanced in place by T tokens. use_cache: return the cache (a new one
-        without past_key_values); default config.use_cache outside training. attention_mask: [B, past + T]
-        or [B, T], 1 = token, 0 = pad, each row's tokens one contiguous run (left or right padding); padded
-        rows run as groups of equal length, so no state sees a pad.
+        cache (or past_key_values, its name before transformers 5.24): a MirasCache, advanced in place by T tokens.
+        use_cache: return the cache (a new one when none was given); default config.use_cache outside training.
+        attention_mask: [B, past + T] or [B, T], 1 = token, 0 = pad, each row's tokens one contiguous run (left or
+        right padding); padded rows run as groups of equal length, so no state sees a pad.
+        The output holds the cache under the installed transformers' name (`cache` or `past_key_values`).
         """
+        cache = _cache_argument({"cache": cache, **kwargs})
         if input_ids is None:
             raise ValueError("MirasForCausalLM needs input_ids (inputs_embeds is not supported)")
         if attention_mask is not None:
@@ -144,19 +178,31 @@ class MirasForCausalLM(PreTrainedModel, GenerationMixin):
             raise ValueError("MirasForCausalLM returns neither attentions nor hidden states")
         use_cache = use_cache if use_cache is not None else self.config.use_cache and not self.training
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        logits, states = self.model(input_ids, past_key_values.states if past_key_values is not None else None,
-                                    attention_mask)
-        cache = past_key_values if past_key_values is not None else MirasCache() if use_cache else None
+        logits, states = self.model(input_ids, cache.states if cache is not None else None, attention_mask)
+        cache = cache if cache is not None else MirasCache() if use_cache else None
         if cache is not None:
             cache.advance(states, input_ids.shape[1])
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        out = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache if use_cache else None)
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size,
+                                      num_items_in_batch=kwargs.get("num_items_in_batch"))
+        out = CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_KEYWORD: cache if use_cache else None})
         return out if return_dict else out.to_tuple()
+
+
+def _cache_argument(kwargs: dict) -> MirasCache | None:
+    """The cache from `cache=` or `past_key_values=` (popped from kwargs); a clear error for anything else."""
+    given = {name: kwargs.pop(name) for name in ("cache", "past_key_values") if kwargs.get(name) is not None}
+    if len(given) == 2 and given["cache"] is not given["past_key_values"]:
+        raise ValueError("MirasForCausalLM got two different caches (cache= and past_key_values=): pass one")
+    cache = next(iter(given.values()), None)
+    if cache is not None and not isinstance(cache, MirasCache):
+        raise ValueError(f"MirasForCausalLM's cache must be a MirasCache (from a previous call or MirasCache()), "
+                         f"got {type(cache).__name__}")
+    return cache
 
 
 AutoConfig.register("miras", MirasHFConfig, exist_ok=True)
 AutoModelForCausalLM.register(MirasHFConfig, MirasForCausalLM, exist_ok=True)
 
-__all__ = ["MirasCache", "MirasForCausalLM", "MirasHFConfig"]
+__all__ = ["CACHE_KEYWORD", "MirasCache", "MirasForCausalLM", "MirasHFConfig"]
