@@ -1,6 +1,11 @@
 """Hugging Face wiring: config both ways, save_pretrained -> AutoModelForCausalLM.from_pretrained, generation
-(greedy, sampling, beam search, restarting from a returned cache) with the recurrent cache equal to without it and
-to a manual loop, loss, left-padded batches generating like their rows alone, the cache's batch operations."""
+(greedy, sampling, beam search, restarting from a returned cache) with the recurrent cache giving the logits of
+every step that generation without it and a manual loop give, loss, left-padded batches generating like their rows
+alone, the cache's batch operations.
+
+Generation is checked on models whose untied head has large random weights, so the generated tokens differ from
+step to step and depend on the context (an untrained tied model repeats one token with or without a working cache).
+"""
 import pytest
 
 pytest.importorskip("transformers")
@@ -9,7 +14,7 @@ import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
 from miras.models import MirasConfig  # noqa: E402
-from miras.models.hf import MirasCache, MirasForCausalLM, MirasHFConfig  # noqa: E402
+from miras.models.hf import CACHE_KEYWORD, MirasCache, MirasForCausalLM, MirasHFConfig  # noqa: E402
 from miras.spec import ConfigError  # noqa: E402
 
 PRESETS = ["transformer", "gated-deltanet", "mamba2", "titans-lmm", "moneta", "titans-mac", "yaad-h"]
@@ -29,6 +34,33 @@ def one_thread():
 def tiny(preset: str, **kw) -> MirasForCausalLM:
     torch.manual_seed(0)
     return MirasForCausalLM(MirasHFConfig.from_miras(MirasConfig(preset=preset, **{**TINY, **kw}))).double().eval()
+
+
+def talkative(preset: str) -> MirasForCausalLM:
+    """A tiny model whose greedy tokens vary: an untied head with N(0, 1) weights."""
+    model = tiny(preset, tie_embeddings=False)
+    with torch.no_grad():
+        model.model.head.weight.normal_(0, 1, generator=torch.Generator().manual_seed(5))
+    return model
+
+
+def generate(model, ids, **kw):
+    """generate with the logits of every step: -> (sequences, [B', V] logits per step)."""
+    out = model.generate(ids, max_new_tokens=NEW, output_logits=True, return_dict_in_generate=True, **kw)
+    return out.sequences, out.logits
+
+
+def assert_same_steps(got: tuple, want: tuple) -> None:
+    """Equal logits at every step. generate returns them in float32; the float64 model's chunked and token-by-token
+    passes differ by rounding only, which may flip the last float32 bit."""
+    assert len(got) == len(want) == NEW
+    for step, (g, w) in enumerate(zip(got, want)):
+        torch.testing.assert_close(g.float(), w.float(), rtol=1e-6, atol=1e-6, msg=lambda m: f"step {step}: {m}")
+
+
+def assert_varied(sequences: torch.Tensor) -> None:
+    """The test's power: tokens that differ, so a cache that forgot the context would show."""
+    assert all(len(set(row[5:].tolist())) >= 3 for row in sequences), sequences
 
 
 def prompt(batch: int = 2, seed: int = 1) -> torch.Tensor:
@@ -74,50 +106,75 @@ def test_untied_head_is_saved_and_loaded(tmp_path):
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_greedy_with_cache_equals_without_and_a_manual_loop(preset):
-    model, ids = tiny(preset), prompt()
+def test_greedy_logits_with_cache_equal_without_and_a_manual_loop_at_every_step(preset):
+    model, ids = talkative(preset), prompt()
     fed = []
     hook = model.model.register_forward_hook(lambda module, args, out: fed.append(args[0].shape[1]))
-    cached = model.generate(ids, max_new_tokens=NEW, do_sample=False, use_cache=True)
+    cached, cached_logits = generate(model, ids, do_sample=False, use_cache=True)
     hook.remove()
     assert fed == [5] + [1] * (NEW - 1)            # the prompt, then only the new token each step
-    uncached = model.generate(ids, max_new_tokens=NEW, do_sample=False, use_cache=False)
-    manual = ids
+    assert_varied(cached)
+    uncached, uncached_logits = generate(model, ids, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+    assert_same_steps(cached_logits, uncached_logits)
+    manual, manual_logits = ids, []
     with torch.no_grad():
         for _ in range(NEW):
             logits, _ = model.model(manual)
+            manual_logits.append(logits[:, -1])
             manual = torch.cat([manual, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(cached, uncached) and torch.equal(cached, manual)
+    assert torch.equal(cached, manual)
+    assert_same_steps(cached_logits, tuple(manual_logits))
 
 
-@pytest.mark.parametrize("preset", ["titans-mac", "yaad-h"])
+@pytest.mark.parametrize("preset", ["titans-mac", "yaad-h", "gated-deltanet"])
 def test_generate_continues_from_a_cache_it_returned(preset):
-    model, ids = tiny(preset), prompt()
+    model, ids = talkative(preset), prompt()
     cache = MirasCache()
-    first = model.generate(ids, max_new_tokens=5, do_sample=False, past_key_values=cache)
+    first = model.generate(ids, max_new_tokens=5, do_sample=False, **{CACHE_KEYWORD: cache})
     assert cache.get_seq_length() == 5 + 5 - 1                   # the last new token is not fed yet
-    more = model.generate(first, max_new_tokens=NEW - 5, do_sample=False, past_key_values=cache)
-    assert torch.equal(more, model.generate(ids, max_new_tokens=NEW, do_sample=False))
+    out = model.generate(first, max_new_tokens=NEW - 5, do_sample=False, output_logits=True,
+                         return_dict_in_generate=True, **{CACHE_KEYWORD: cache})
+    whole, whole_logits = generate(model, ids, do_sample=False)
+    assert_varied(whole)
+    assert torch.equal(out.sequences, whole)
+    for step, (got, want) in enumerate(zip(out.logits, whole_logits[5:])):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=lambda m: f"step {5 + step}: {m}")
+
+
+def test_generate_from_a_cache_with_only_the_new_tokens_is_refused():
+    model, ids = talkative("gated-deltanet"), prompt()
+    cache = MirasCache()
+    model.generate(ids, max_new_tokens=3, do_sample=False, **{CACHE_KEYWORD: cache})
+    with pytest.raises(ValueError, match="pass the whole sequence"):
+        model.generate(ids[:, :2], max_new_tokens=3, do_sample=False, **{CACHE_KEYWORD: cache})
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_sampling_with_a_seed_is_reproducible_and_valid(preset):
-    model, ids = tiny(preset), prompt()
+def test_seeded_sampling_logits_with_cache_equal_without_at_every_step(preset):
+    model, ids = talkative(preset), prompt()
     runs = []
     for use_cache in (True, False):
         torch.manual_seed(7)
-        runs.append(model.generate(ids, max_new_tokens=NEW, do_sample=True, top_k=20, use_cache=use_cache))
-    assert runs[0].shape == (2, 5 + NEW) and torch.equal(runs[0][:, :5], ids)
-    assert 0 <= int(runs[0].min()) and int(runs[0].max()) < 256
-    assert torch.equal(runs[0], runs[1])
+        runs.append(generate(model, ids, do_sample=True, top_k=20, use_cache=use_cache))
+    (cached, cached_logits), (uncached, uncached_logits) = runs
+    assert cached.shape == (2, 5 + NEW) and torch.equal(cached[:, :5], ids)
+    assert 0 <= int(cached.min()) and int(cached.max()) < 256
+    assert_varied(cached)
+    assert torch.equal(cached, uncached)
+    assert_same_steps(cached_logits, uncached_logits)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_beam_search_with_cache_equals_without(preset):
-    model, ids = tiny(preset), prompt(batch=1)
-    runs = [model.generate(ids, max_new_tokens=NEW, num_beams=3, num_return_sequences=2, do_sample=False,
-                           use_cache=use_cache) for use_cache in (True, False)]
-    assert runs[0].shape == (2, 5 + NEW) and torch.equal(runs[0], runs[1])
+def test_beam_search_logits_with_cache_equal_without_at_every_step(preset):
+    model, ids = talkative(preset), prompt(batch=1)
+    (cached, cached_logits), (uncached, uncached_logits) = [
+        generate(model, ids, num_beams=3, num_return_sequences=2, do_sample=False, use_cache=use_cache)
+        for use_cache in (True, False)]
+    assert cached.shape == (2, 5 + NEW) and torch.equal(cached, uncached)
+    assert_varied(cached)
+    assert cached_logits[0].shape[0] == 3             # every beam's logits at every step
+    assert_same_steps(cached_logits, uncached_logits)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -150,7 +207,7 @@ def test_an_all_ones_mask_changes_nothing():
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_left_padded_batch_generates_what_each_row_generates_alone(preset):
-    model = tiny(preset)
+    model = talkative(preset)
     ids, mask, rows = left_padded()
     greedy = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False)
     beams = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, num_beams=2, do_sample=False)
