@@ -6,9 +6,10 @@
     miras lm-eval runs/small --tasks miras_shakespeare_mc,miras_passkey --limit 50 --out results.json
 
 `MirasEvalLM` (lm-eval model name "miras", e.g. `simple_evaluate(model="miras", model_args="path=runs/small")`
-after importing this module) loads a `miras train` run folder (its newest checkpoint) or one of its step-*
-checkpoint folders, with the run's own tokenizer (byte or BPE). Every request is scored as one forward pass
-over its tokens would score it (up to float rounding), fed in pieces of `piece` tokens with the state carried:
+after importing this module, which leaves lm-eval's own models registered too) loads a `miras train` run folder
+(its newest checkpoint) or one of its step-* checkpoint folders, with the run's own tokenizer (byte or BPE).
+Every request is scored as one forward pass over its tokens would score it (up to float rounding), fed in pieces
+of `piece` tokens with the state carried:
 
 - loglikelihood: log p(continuation | context), lm-eval's convention (trailing spaces of the context move to the
   continuation; the continuation is encode(context + continuation) after len(encode(context)) tokens; an
@@ -23,9 +24,9 @@ Contexts longer than the limit keep their last tokens (generation: the last limi
 """
 from __future__ import annotations
 
-import contextlib
+import difflib
+import functools
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -33,32 +34,23 @@ import torch.nn.functional as F
 
 from ..spec.errors import ConfigError, require
 from .lm_eval_tasks import TASK_DIR, local_task_names
-from .load import load_run
+from .load import load_run, resolve_checkpoint
 
 INSTALL_HINT = 'pip install "miras[lmeval]"'
 
 try:
+    # lm_eval.models first: lm-eval's get_model fills its registry with its own models (hf, vllm, ...) only while
+    # the registry is empty, so a model registered before that would leave "miras" the only one.
+    import lm_eval.models  # noqa: F401
     from lm_eval.api.model import LM
     from lm_eval.api.registry import register_model
 except ImportError as err:  # tests/eval/test_lm_harness.py hides lm_eval to check this message
     raise ImportError(f"miras.eval.lm_harness needs lm-evaluation-harness (the lm_eval package), which could not be "
                       f"imported ({err}): {INSTALL_HINT}") from err
 
-__all__ = ["INSTALL_HINT", "MirasEvalLM", "evaluate", "format_results", "resolve_checkpoint"]
+__all__ = ["INSTALL_HINT", "MirasEvalLM", "evaluate", "format_results", "resolve_checkpoint", "task_manager"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
-    """A run folder (config.json) -> (run folder, None: its newest checkpoint); a step-* checkpoint folder of a
-    run -> (its run folder, the checkpoint)."""
-    p = Path(path).expanduser().resolve()
-    if (p / "config.json").is_file():
-        return p, None
-    if (p / "meta.json").is_file() and (p.parent / "config.json").is_file():
-        return p.parent, p
-    raise ConfigError(f"{path} is neither a `miras train` run folder (with config.json) nor one of its step-* "
-                      "checkpoint folders (with meta.json)")
 
 
 @register_model("miras")
@@ -267,17 +259,6 @@ class MirasEvalLM(LM):
         return results
 
 
-@contextlib.contextmanager
-def _working_dir(path: Path):
-    """The local tasks name their data_files relative to their folder: lm-eval loads them from there."""
-    before = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
-
-
 def evaluate(checkpoint: str | Path, tasks: list[str] | str, limit: int | float | None = None, *,
              batch_size: int = 1, device: str = "cpu", max_length: int | None = None, piece: int = 1024,
              tokenizer: str | None = None, num_fewshot: int | None = None, bootstrap_iters: int = 100000,
@@ -285,32 +266,46 @@ def evaluate(checkpoint: str | Path, tasks: list[str] | str, limit: int | float 
     """Runs lm_eval.simple_evaluate on a run folder / checkpoint with the local tasks (miras/eval/lm_eval_tasks)
     available next to lm-eval's own; returns lm-eval's results dict (and writes it as JSON to `out`).
 
-    tasks: names or a comma-separated string; lm-eval's built-in tasks are indexed only when one is asked for.
-    limit: examples per task (a float < 1: a fraction). Other keywords go to simple_evaluate; it runs with the
-    working directory in the task folder (the local tasks' data_files are relative to it), so give it absolute
-    paths (use_cache is made absolute here).
+    tasks: names or a comma-separated string; lm-eval's built-in tasks are indexed only when one is asked for, and
+    an unknown name is a ConfigError (before the model loads). limit: examples per task (a float < 1: a fraction).
+    Other keywords go to simple_evaluate.
     """
     from lm_eval.evaluator import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
     names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
     names = [t for t in names if t]
     require(bool(names), "tasks", tasks, "at least one task name", f"local tasks: {', '.join(local_task_names())}")
-    out = Path(out).resolve() if out else None
-    if simple_evaluate_kwargs.get("use_cache"):
-        simple_evaluate_kwargs["use_cache"] = str(Path(simple_evaluate_kwargs["use_cache"]).resolve())
+    manager = task_manager(names)
     lm = MirasEvalLM(path=str(checkpoint), device=device, batch_size=batch_size, max_length=max_length,
                      piece=piece, tokenizer=tokenizer)
-    manager = TaskManager(include_path=str(TASK_DIR), include_defaults=not set(names) <= set(local_task_names()))
-    with _working_dir(TASK_DIR):
-        results = simple_evaluate(model=lm, tasks=names, limit=limit, num_fewshot=num_fewshot,
-                                  task_manager=manager, bootstrap_iters=bootstrap_iters, log_samples=log_samples,
-                                  **simple_evaluate_kwargs)
-    if out is not None:
+    results = simple_evaluate(model=lm, tasks=names, limit=limit, num_fewshot=num_fewshot, task_manager=manager,
+                              bootstrap_iters=bootstrap_iters, log_samples=log_samples, **simple_evaluate_kwargs)
+    if out:
         from lm_eval.utils import handle_non_serializable
+        out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False))
     return results
+
+
+def task_manager(names: list[str]):
+    """An lm-eval TaskManager that knows the local tasks (and lm-eval's own when a name is not local); ConfigError
+    naming every unknown task."""
+    local = local_task_names()
+    manager = _task_manager(include_defaults=not set(names) <= set(local))
+    unknown = [n for n in names if n not in manager.all_tasks and not Path(n).is_file()]
+    close = sorted({m for n in unknown for m in difflib.get_close_matches(n, manager.all_tasks, 3)})
+    require(not unknown, "tasks", ",".join(unknown),
+            f"the local tasks ({', '.join(local)}) or lm-eval's tasks, groups and tags",
+            (f"did you mean {', '.join(close)}? " if close else "") + "`lm-eval ls tasks` lists lm-eval's")
+    return manager
+
+
+@functools.lru_cache(maxsize=2)
+def _task_manager(include_defaults: bool):
+    """The local tasks' TaskManager, with lm-eval's own tasks or not (indexing those takes seconds: done once)."""
+    from lm_eval.tasks import TaskManager
+    return TaskManager(include_path=str(TASK_DIR), include_defaults=include_defaults)
 
 
 def format_results(results: dict) -> str:

@@ -1,4 +1,5 @@
-"""A trained run folder -> (model, tokenizer, config), for evaluation and generation."""
+"""A trained run folder (or one of its step-* checkpoints) -> (model, tokenizer, config), for evaluation,
+generation and export."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,23 @@ from pathlib import Path
 from ..data import load_tokenizer
 from ..models import MirasConfig, MirasLM
 from ..spec.errors import ConfigError
-from ..train.checkpoint import list_checkpoints, load_checkpoint
+from ..train.checkpoint import load_checkpoint, load_newest
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
+    """A run folder (config.json) -> (run folder, None: its newest checkpoint); a step-* checkpoint folder of a
+    run -> (its run folder, the checkpoint). Anything else: ConfigError saying what the path is."""
+    p = Path(path).expanduser().resolve()
+    if (p / "config.json").is_file():
+        return p, None
+    if (p / "meta.json").is_file() and (p.parent / "config.json").is_file():
+        return p.parent, p
+    found = ("it does not exist" if not p.exists() else "it is a file" if not p.is_dir() else
+             f"it is a step-* checkpoint folder but {p.parent} has no config.json" if (p / "meta.json").is_file()
+             else "it is neither a `miras train` run folder nor one of its step-* checkpoint folders")
+    raise ConfigError(f"run={str(path)!r} is invalid ({found}): allowed a `miras train` run folder (with "
+                      "config.json) or one of its step-* checkpoint folders (with meta.json); fix: pass the "
+                      "run.out_dir of a `miras train` run or a step-* folder inside it")
 
 
 def load_run(run_dir: str | Path, tokenizer: str | None = None, checkpoint: str | None = None):
@@ -19,12 +36,20 @@ def load_run(run_dir: str | Path, tokenizer: str | None = None, checkpoint: str 
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise ConfigError(f"run folder {run_dir} has no config.json: pass the run.out_dir of a `miras train` run")
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        config = {"error": str(err)}
+    if not isinstance(config, dict) or "resolved_model" not in config:
+        raise ConfigError(f"run={str(run_dir)!r} is invalid ({config_path} is not the config.json of a `miras train` "
+                          "run: it has no resolved_model): allowed a `miras train` run folder; fix: pass the "
+                          "run.out_dir of a `miras train` run (a folder made by `miras export` is loaded with "
+                          "transformers' AutoModelForCausalLM instead)")
     model = MirasLM(MirasConfig.from_dict(config["resolved_model"]))
-    ckpts = [Path(checkpoint)] if checkpoint else list_checkpoints(run_dir)
-    if not ckpts:
-        raise ConfigError(f"run folder {run_dir} has no complete checkpoint (step-* with meta.json)")
-    load_checkpoint(ckpts[-1], model)
+    if checkpoint:
+        load_checkpoint(checkpoint, model)
+    else:                       # the newest intact checkpoint (an older one, with a warning, if it is corrupt)
+        load_newest(run_dir, lambda path: load_checkpoint(path, model))
     return model.eval(), _tokenizer(run_dir, config, tokenizer), config
 
 

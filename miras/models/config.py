@@ -46,10 +46,13 @@ class MirasConfig:
         for name in ("vocab_size", "d_model", "n_layers", "heads", "window", "segment", "gate_rank", "d_state"):
             value = getattr(self, name)
             require(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
+        for name in ("head_dim", "chunk_size"):
+            value = getattr(self, name)
+            require(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1), name,
+                    value, "None (the default) or an integer >= 1", f"drop {name} or give a positive integer")
         require(self.head_dim is not None or self.d_model % self.heads == 0, "heads", self.heads,
                 f"a divisor of d_model={self.d_model}", "change heads or set head_dim")
         require(self.persistent_tokens >= 0, "persistent_tokens", self.persistent_tokens, ">= 0")
-        require(self.chunk_size is None or self.chunk_size >= 1, "chunk_size", self.chunk_size, "None or >= 1")
         require(self.mlp_ratio > 0, "mlp_ratio", self.mlp_ratio, "> 0")
         for mixer in self.pattern:
             require(mixer in MIXERS, "layer_pattern", mixer, f"mixers from {MIXERS}",

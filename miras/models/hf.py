@@ -11,47 +11,18 @@ sliding-window keys/values, Titans segment) in a MirasCache and feeds only the n
 """
 from __future__ import annotations
 
-from dataclasses import fields
-
 from torch import Tensor
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .config import MirasConfig
+from .hf_config import MirasHFConfig
 from .lm import MirasLM
 from .padding import RowGroups
 from .state_tree import map_tensors
 
-_MIRAS_FIELDS = tuple(f.name for f in fields(MirasConfig))
-
 # The keyword under which the installed transformers passes the cache to generate / forward and returns it:
 # `cache` from 5.24 on, `past_key_values` before (forward accepts both).
 CACHE_KEYWORD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
-
-
-class MirasHFConfig(PretrainedConfig):
-    """A MirasConfig as a PretrainedConfig: every MirasConfig field is an attribute of the same name and default
-    (validated by MirasConfig), plus use_cache and the usual PretrainedConfig keywords. tie_word_embeddings follows
-    tie_embeddings; hidden_size / num_hidden_layers / num_attention_heads read d_model / n_layers / heads."""
-
-    model_type = "miras"
-    attribute_map = {"hidden_size": "d_model", "num_hidden_layers": "n_layers", "num_attention_heads": "heads"}
-
-    def __init__(self, use_cache: bool = True, **kwargs):
-        miras = MirasConfig(**{name: kwargs.pop(name) for name in _MIRAS_FIELDS if name in kwargs})
-        for name, value in miras.to_dict().items():
-            setattr(self, name, value)
-        self.use_cache = use_cache
-        kwargs["tie_word_embeddings"] = miras.tie_embeddings
-        super().__init__(**kwargs)
-
-    @classmethod
-    def from_miras(cls, config: MirasConfig, **kwargs) -> "MirasHFConfig":
-        """kwargs: PretrainedConfig keywords (e.g. bos_token_id, eos_token_id)."""
-        return cls(**config.to_dict(), **kwargs)
-
-    def to_miras(self) -> MirasConfig:
-        return MirasConfig(**{name: getattr(self, name) for name in _MIRAS_FIELDS})
 
 
 class MirasCache:
@@ -158,8 +129,9 @@ class MirasForCausalLM(PreTrainedModel, GenerationMixin):
         return inputs
 
     def forward(self, input_ids: Tensor | None = None, labels: Tensor | None = None,
-                cache: MirasCache | None = None, use_cache: bool | None = None,
-                attention_mask: Tensor | None = None, return_dict: bool | None = None, **kwargs):
+                past_key_values: MirasCache | None = None, use_cache: bool | None = None,
+                attention_mask: Tensor | None = None, return_dict: bool | None = None, *,
+                cache: MirasCache | None = None, **kwargs):
         """input_ids [B, T] (the tokens after those in the cache) -> CausalLMOutputWithPast.
 
         labels: [B, T], shifted inside (labels = input_ids gives next-token loss; -100 is ignored).
@@ -169,7 +141,7 @@ class MirasForCausalLM(PreTrainedModel, GenerationMixin):
         right padding); padded rows run as groups of equal length, so no state sees a pad.
         The output holds the cache under the installed transformers' name (`cache` or `past_key_values`).
         """
-        cache = _cache_argument({"cache": cache, **kwargs})
+        cache = _cache_argument({"cache": cache, "past_key_values": past_key_values})
         if input_ids is None:
             raise ValueError("MirasForCausalLM needs input_ids (inputs_embeds is not supported)")
         if attention_mask is not None:

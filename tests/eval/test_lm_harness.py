@@ -6,6 +6,8 @@ import importlib
 import importlib.util
 import json
 import math
+import os
+import subprocess
 import sys
 
 import pytest
@@ -31,21 +33,24 @@ def byte_run(tmp_path_factory):
                     heads=2, n_layers=1)
 
 
-def hand_run(path, tokenizer, successor=False, **model):
+def hand_run(path, tokenizer, successor=False, talkative=False, **model):
     """A run folder as `miras train` writes it (config.json, step-000001/, tokenizer/ for BPE) with a freshly
     initialized model: no training, no corpus tokenization (tests/eval/test_compare.py covers train -> load_run).
 
     successor: untied head whose row x is the embedding of x - 1, so that greedy decoding walks up the byte
     values ("light" -> "uvwxyz"); a fresh tied model just repeats its last token.
+    talkative: untied head with N(0, 1) weights, so that greedy tokens vary and depend on the whole context.
     """
     torch.manual_seed(0)
     overrides = ["size=", f"data.tokenizer={tokenizer.name}", f"run.out_dir={path}"]
     cfg = load_run_config(None, overrides + [f"model.{k}={json.dumps(v)}" for k, v in model.items()])
     mcfg = MirasConfig.from_dict({**cfg.model.to_dict(), "vocab_size": tokenizer.vocab_size,
-                                  **({"tie_embeddings": False} if successor else {})})
+                                  **({"tie_embeddings": False} if successor or talkative else {})})
     net = MirasLM(mcfg)
     if successor:
         net.head.weight.data = net.embed.weight.data.roll(1, dims=0).clone()
+    if talkative:
+        net.head.weight.data = torch.randn_like(net.head.weight)
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps({**cfg.to_dict(), "resolved_model": mcfg.to_dict()}))
     if tokenizer.name == "bpe":
@@ -262,3 +267,88 @@ def test_cli_prints_the_table_and_writes_json(byte_run, tmp_path, capsys):
     assert "acc,none" in json.loads(out.read_text())["results"]["miras_shakespeare_mc"]
     assert main(["lm-eval", str(tmp_path), "--tasks", "miras_shakespeare_mc"]) == 2
     assert "neither a `miras train` run folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- lm-eval as its users run it
+# one fresh process, both import orders: miras's adapter first, then (registry and modules dropped) lm-eval's models
+REGISTRY = r'''
+import sys
+import miras.eval.lm_harness
+from lm_eval.api.registry import get_model, model_registry
+print(get_model("hf").__name__, get_model("miras").__name__)
+model_registry._clear()
+for name in ("lm_eval.models", "miras.eval.lm_harness"):
+    del sys.modules[name]
+import lm_eval.models
+import miras.eval.lm_harness
+print(get_model("hf").__name__, get_model("miras").__name__)
+'''
+
+
+@needs_lm_eval
+def test_importing_the_adapter_keeps_lm_evals_own_models_in_either_order(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", REGISTRY], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["HFLM", "MirasEvalLM"] * 2
+
+
+@needs_lm_eval
+def test_simple_evaluate_model_miras_runs_the_local_tasks_from_any_folder(byte_run, tmp_path, monkeypatch):
+    from lm_eval.evaluator import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    import miras.eval.lm_harness  # noqa: F401  (registers "miras")
+
+    monkeypatch.chdir(tmp_path)                      # neither the task folder nor the repository
+    results = simple_evaluate(model="miras", model_args=f"path={byte_run}", tasks=list(LOCAL_TASKS), limit=2,
+                              task_manager=TaskManager(include_path=str(TASK_DIR), include_defaults=False),
+                              bootstrap_iters=0)
+    assert {task: len(results["samples"][task]) for task in LOCAL_TASKS} == dict.fromkeys(LOCAL_TASKS, 2)
+    assert not list(tmp_path.iterdir())
+
+
+@needs_lm_eval
+def test_unknown_task_names_are_config_errors(byte_run, capsys):
+    from miras.cli import main
+    from miras.eval.lm_harness import evaluate
+
+    with pytest.raises(ConfigError, match=r"tasks='miras_shakespeare_mcq' is invalid: allowed the local tasks "
+                                          r"\(miras_passkey, .*\).*did you mean .*miras_shakespeare_mc.*lm-eval ls"):
+        evaluate(byte_run, "miras_shakespeare_mc,miras_shakespeare_mcq")
+    assert main(["lm-eval", str(byte_run), "--tasks", "miras_passkey,no_such_task,hellaswag"]) == 2
+    err = capsys.readouterr().err
+    assert "tasks='no_such_task'" in err and "hellaswag" not in err and "Traceback" not in err
+
+
+@needs_lm_eval
+def test_lm_eval_hf_on_an_exported_folder_gives_the_numbers_of_miras_lm_eval(byte_run, tmp_path):
+    pytest.importorskip("transformers")
+    from lm_eval.evaluator import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from miras.eval.lm_harness import evaluate
+    from miras.models.export import export_run
+
+    export_run(byte_run, tmp_path / "hf")
+    kw = dict(tasks=list(LOCAL_TASKS), limit=3, bootstrap_iters=0, log_samples=True)
+    ours = evaluate(byte_run, **kw)
+    theirs = simple_evaluate(model="hf", model_args=f"pretrained={tmp_path / 'hf'},trust_remote_code=True,device=cpu",
+                             task_manager=TaskManager(include_path=str(TASK_DIR), include_defaults=False), **kw)
+    assert theirs["config"]["model"] == "hf"
+    for task in LOCAL_TASKS:
+        metrics = {k: v for k, v in ours["results"][task].items() if k.endswith(",none") and "stderr" not in k}
+        assert len(metrics) >= 1
+        assert {k: theirs["results"][task][k] for k in metrics} == pytest.approx(metrics, rel=1e-4)
+        for a, b in zip(ours["samples"][task], theirs["samples"][task], strict=True):
+            assert a["doc"] == b["doc"] and a["arguments"] == b["arguments"]
+            assert same_responses(a["resps"], b["resps"]), (task, a["resps"], b["resps"])
+
+
+def same_responses(a, b) -> bool:
+    """Log-likelihoods to 1e-5 relative, everything else (greedy flags, generated text) exactly."""
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(same_responses, a, b))
+    if isinstance(a, float) and not isinstance(a, bool):
+        return b == pytest.approx(a, rel=1e-5, abs=1e-6)
+    return a == b

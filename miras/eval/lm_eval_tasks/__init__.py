@@ -9,9 +9,11 @@ val_fraction 0.1, seed 0: othello, romeo_and_juliet, sonnets, troilus_and_cressi
 embedded corpus with the default data.val_fraction never trains on. The .jsonl files are shipped (~150 KB) and
 rebuilt byte for byte by `python -m miras.eval.lm_eval_tasks` (a test checks that they are up to date).
 
-A task YAML names its data as `dataset_path: json` + `dataset_kwargs: {data_files: {test: NAME.jsonl}}`, the
-file name relative to this folder: `miras.eval.lm_harness.evaluate` (and `miras lm-eval`) load the tasks from
-here. Building the data needs no lm_eval.
+A task YAML names its data as `custom_dataset: !function local_dataset.load` +
+`dataset_kwargs: {data_files: {test: NAME.jsonl}}`: local_dataset.py (next to the YAMLs) reads the file from this
+folder whatever the working directory, so lm-eval runs the tasks from anywhere given this folder as an include_path
+(`miras.eval.lm_harness.evaluate` and `miras lm-eval` pass it; `lm_eval --include_path "$(python -c 'import
+miras.eval.lm_eval_tasks as t; print(t.TASK_DIR)')"`). Building the data needs no lm_eval.
 """
 from __future__ import annotations
 
