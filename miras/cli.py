@@ -1,9 +1,10 @@
-"""`miras` command line: presets, demo, bench, train, eval, lm-eval, compare, plot."""
+"""`miras` command line: presets, demo, bench, train, eval, lm-eval, export, compare, plot."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -19,9 +20,10 @@ def _presets(args) -> None:
 
 def _demo(args) -> None:
     from .demo import format_table, run_demo
+    rows = run_demo(args.seqlen, args.heads, args.d_head)   # checks the sizes before anything is printed
     print(f"Recurrent reference of every preset: batch 1, T={args.seqlen}, {args.heads} heads of dim {args.d_head}, "
           f"float32, {torch.get_num_threads()} threads\n")
-    print(format_table(run_demo(args.seqlen, args.heads, args.d_head)))
+    print(format_table(rows))
 
 
 def _bench(args) -> None:
@@ -33,11 +35,22 @@ def _bench(args) -> None:
 
 
 def _train(args) -> None:
-    from .train.config import load_run_config
-    from .train.trainer import train
-    cfg = load_run_config(args.config, args.overrides)
-    summary = train(cfg, resume=args.resume)
-    if summary.get("run_dir"):
+    from .train.config import load_resume_config, load_run_config
+    from .train.trainer import TrainingError, train
+    if args.resume and args.overwrite:
+        from .spec.errors import ConfigError
+        raise ConfigError("--resume and --overwrite are invalid together: allowed one of them; fix: --resume to "
+                          "continue the run in run.out_dir, --overwrite to replace it with a fresh run")
+    cfg = (load_resume_config if args.resume else load_run_config)(args.config, args.overrides)
+    try:
+        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    except TrainingError as err:  # the run itself failed (non-finite loss): one paragraph, exit code 1
+        print(f"miras train: stopped: {err}", file=sys.stderr)
+        raise SystemExit(1) from err
+    if summary.get("complete"):
+        print(f"already complete: {summary['run_dir']} was trained to step {summary['steps']} of optim.steps="
+              f"{cfg.optim.steps}, nothing to do (raise optim.steps to train further)")
+    elif summary.get("run_dir"):
         print(f"done: {summary['steps']} steps, loss {summary.get('loss', float('nan')):.4f}, "
               f"val_loss {summary.get('val_loss', float('nan')):.4f}, run folder {summary['run_dir']}")
 
@@ -61,6 +74,21 @@ def _lm_eval(args) -> None:
     print(format_results(results))
     if args.out:
         print(f"written: {args.out}")
+
+
+def _export(args) -> None:
+    from .spec.errors import ConfigError
+    try:
+        import transformers  # noqa: F401
+    except ImportError as err:  # the hf extra is not installed
+        raise ConfigError(f"miras export needs transformers ({err}): pip install \"miras[hf]\"") from err
+    from .models.export import export_run
+    summary = export_run(args.run, args.out_dir, force=args.force, tokenizer=args.tokenizer)
+    print(f"exported {args.run} ({Path(summary['checkpoint']).name}: {summary['preset']}, "
+          f"{summary['parameters']:,} parameters, {summary['tokenizer']} tokenizer, eos id {summary['eos_id']}) "
+          f"to {args.out_dir}:\n  {' '.join(summary['files'])}")
+    print(f"load it: AutoModelForCausalLM.from_pretrained({args.out_dir!r}, trust_remote_code=True) "
+          "(or without trust_remote_code after `import miras`)")
 
 
 def _compare(args) -> None:
@@ -110,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.set_defaults(fn=_bench)
     train = sub.add_parser("train", help="train a model (config file + section.key=value overrides)")
     train.add_argument("--config", help="a .json / .toml / .yaml run config")
-    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in run.out_dir")
+    train.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in "
+                       "run.out_dir, with the run's own config.json (overrides: only steps, time budget, cadences)")
+    train.add_argument("--overwrite", action="store_true", help="start a fresh run even if run.out_dir holds one "
+                       "(its checkpoints, logs and caches are deleted)")
     train.add_argument("overrides", nargs="*", help="e.g. model.preset=moneta optim.steps=500 run.out_dir=runs/x")
     train.set_defaults(fn=_train)
     ev = sub.add_parser("eval", help="evaluate a run folder: perplexity by position + S-NIAH, or MQAR")
@@ -138,6 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     lme.add_argument("--log-samples", action="store_true", help="keep every request and response in --out")
     lme.add_argument("--out", help="write lm-eval's results as JSON here")
     lme.set_defaults(fn=_lm_eval)
+    exp = sub.add_parser("export", help="a run folder or checkpoint -> a Hugging Face folder (model, config, "
+                                        'tokenizer) that transformers loads (pip install "miras[hf]")')
+    exp.add_argument("run", help="a `miras train` run folder (newest checkpoint) or one of its step-* folders")
+    exp.add_argument("out_dir", help="the folder to write (new or empty)")
+    exp.add_argument("--force", action="store_true", help="write into a non-empty out_dir (files of the same "
+                                                          "names are replaced, others stay)")
+    exp.add_argument("--tokenizer", help="tokenizer folder or byte, when the run has none")
+    exp.set_defaults(fn=_export)
     cmp_ = sub.add_parser("compare", help="train several presets on MQAR with one budget; table + plots")
     _add_compare_flags(cmp_)
     cmp_.set_defaults(fn=_compare)
@@ -145,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     plot.add_argument("run")
     plot.add_argument("--out", help="PNG path (default RUN/loss.png)")
     plot.set_defaults(fn=_plot)
+    for p in [parser, *sub.choices.values()]:
+        p.allow_abbrev = False                          # --resum is an error, not --resume
     args = parser.parse_args(argv)
     from .spec.errors import ConfigError
     try:

@@ -8,9 +8,13 @@ import torch
 from .ops import recurrent_reference
 from .ops.inputs import random_inputs
 from .spec import get_preset, list_presets
+from .spec.errors import require
 
 
 def run_demo(seqlen: int = 64, heads: int = 2, d_head: int = 16) -> list[dict]:
+    for name, value in (("seqlen", seqlen), ("heads", heads), ("d_head", d_head)):
+        require(isinstance(value, int) and value >= 1, name, value, "an integer >= 1",
+                f"e.g. --{name.replace('_', '-')} {dict(seqlen=64, heads=2, d_head=16)[name]}")
     rows = []
     for name in list_presets():
         preset = get_preset(name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +69,9 @@ def build_token_file(docs: list[Document], tokenizer, path: str | Path) -> Token
     tmp.replace(path)
     meta = dict(zip(META_KEYS, (dtype.name, count, tokenizer.name, tokenizer.vocab_size, tokenizer.eos_id,
                                 len(docs), source_hash(docs))))
-    meta_file.write_text(json.dumps(meta, indent=1))
+    meta_tmp = meta_file.with_name(meta_file.name + ".tmp")
+    meta_tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(meta_tmp, meta_file)  # last and atomic: a meta always describes a complete data file
     return open_token_file(path)
 
 

@@ -90,7 +90,7 @@ def compare(c: CompareConfig) -> list[dict]:
     rows = []
     for preset in c.presets:
         print(f"== {preset}", flush=True)
-        summary = train(run_config(c, preset))
+        summary = train(run_config(c, preset), overwrite=True)   # a rerun replaces its own earlier results
         model, _, _ = load_run(Path(c.out_dir) / preset)
         rows.append({"preset": preset, "params": model.num_parameters(),
                      f"state@{c.seq_len}": state_floats(model, c.seq_len, c.vocab), "steps": summary["steps"],

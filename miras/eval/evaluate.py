@@ -24,6 +24,10 @@ def check_length(model, length: int) -> None:
 def evaluate_run(run_dir: str | Path, lengths: list[int], depths: int = 5, needles: int = 2, windows: int = 4,
                  tokenizer: str | None = None) -> dict:
     """Evaluates a run folder and writes eval/results.json and PNG plots next to its checkpoints."""
+    require(len(lengths) >= 1 and all(isinstance(n, int) and n >= 2 for n in lengths), "lengths", lengths,
+            "context lengths >= 2 tokens", "e.g. --lengths 1024,2048")
+    for name, value in (("depths", depths), ("needles", needles), ("windows", windows)):
+        require(isinstance(value, int) and value >= 1, name, value, "an integer >= 1", f"e.g. --{name} 2")
     model, tok, config = load_run(run_dir, tokenizer)
     out = Path(run_dir) / "eval"
     out.mkdir(exist_ok=True)

@@ -31,11 +31,39 @@ def line_plot(series: dict[str, tuple[list, list]], path: str | Path, title: str
     return Path(path)
 
 
+def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a metrics.jsonl. A partial last line (a run killed while writing it) is skipped with a note on
+    stderr; any other unreadable line is a ConfigError naming it."""
+    import json
+    import sys
+
+    from ..spec.errors import ConfigError, require
+    path = Path(path)
+    require(path.is_file(), "metrics file", str(path), "the metrics.jsonl of a `miras train` run",
+            "pass a run folder that has trained at least run.log_every steps")
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            ok = isinstance(row, dict) and isinstance(row.get("kind"), str)
+        except json.JSONDecodeError:
+            ok = False
+        if ok:
+            rows.append(row)
+        elif number == len(lines):
+            print(f"note: skipped the partial last line {number} of {path} ({line[:40]!r}): the run was stopped "
+                  "while writing it", file=sys.stderr)
+        elif line.strip():
+            raise ConfigError(f"{path} line {number}={line[:60]!r} is invalid: allowed one JSON object per line "
+                              "as `miras train` writes it; fix: delete that line")
+    return rows
+
+
 def training_curves(run_dir: str | Path, path: str | Path) -> Path:
     """Train and validation loss of a `miras train` run (its metrics.jsonl) against elapsed minutes,
     with the corpus's unigram baseline."""
-    import json
-    rows = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(Path(run_dir) / "metrics.jsonl")
     baseline = next((r["unigram_loss"] for r in reversed(rows) if "unigram_loss" in r), None)
     series = {kind: ([r["elapsed_s"] / 60 for r in rows if r["kind"] == kind],
                      [r[key] for r in rows if r["kind"] == kind]) for kind, key in (("train", "loss"), ("val", "val_loss"))}

@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..models.config import MirasConfig
 from ..spec.errors import ConfigError, require
+
+
+SIZE_FIXED = ("d_model", "heads", "n_layers")   # model keys a named size sets (an explicit value is refused)
 
 
 @dataclass
@@ -69,8 +74,21 @@ class RunConfig:
         o, d, r = self.optim, self.data, self.run
         from ..models.config import SIZES
         require(self.size == "" or self.size in SIZES, "size", self.size, f"'' or one of {list(SIZES)}")
+        betas = tuple(o.betas) if isinstance(o.betas, (list, tuple)) else ()
+        betas_ok = len(betas) == 2 and all(_number(b) and 0 <= b < 1 for b in betas)
+        require(betas_ok, "optim.betas", o.betas, "two numbers in [0, 1) (Adam's beta1, beta2)",
+                "e.g. optim.betas=[0.9,0.95]")
+        o.betas = tuple(float(b) for b in betas)
+        for name, value in [("optim.lr", o.lr), ("optim.min_lr_ratio", o.min_lr_ratio), ("optim.clip", o.clip),
+                            ("optim.weight_decay", o.weight_decay), ("data.val_fraction", d.val_fraction),
+                            ("run.max_minutes", r.max_minutes)]:
+            require(_number(value) and math.isfinite(value), name, value, "a finite number")
+        require(not self.model.extra, "model.extra keys", sorted(self.model.extra),
+                "none: training reads no model.extra key", "drop model.extra")
+        max_threads = 4 * (os.cpu_count() or 1)
         for name, value, ok, allowed in [
             ("optim.lr", o.lr, o.lr > 0, "> 0"), ("optim.steps", o.steps, o.steps >= 1, ">= 1"),
+            ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0 (0 disables)"),
             ("optim.batch_size", o.batch_size, o.batch_size >= 1, ">= 1"),
             ("optim.grad_accum", o.grad_accum, o.grad_accum >= 1, ">= 1"),
             ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, ">= 0"),
@@ -82,6 +100,15 @@ class RunConfig:
             ("run.amp", r.amp, r.amp in ("bf16", "fp16", "none"), "bf16 | fp16 | none"),
             ("run.on_nan", r.on_nan, r.on_nan in ("stop", "skip"), "stop | skip"),
             ("run.keep_last", r.keep_last, r.keep_last >= 1, ">= 1"),
+            ("run.log_every", r.log_every, r.log_every >= 1, ">= 1 (steps between log lines)"),
+            ("run.eval_every", r.eval_every, r.eval_every >= 1, ">= 1 (steps between validations)"),
+            ("run.save_every", r.save_every, r.save_every >= 1, ">= 1 (steps between checkpoints)"),
+            ("run.eval_batches", r.eval_batches, r.eval_batches >= 1, ">= 1 (validation batches per evaluation)"),
+            ("run.threads", r.threads, 0 <= r.threads <= max_threads,
+             f"0 (torch's default) to {max_threads} (4 x the {os.cpu_count()} CPUs of this machine)"),
+            ("run.seed", r.seed, 0 <= r.seed < 2 ** 63, "an integer in [0, 2**63)"),
+            ("run.max_minutes", r.max_minutes, r.max_minutes >= 0, ">= 0 (0: no time budget)"),
+            ("data.val_fraction", d.val_fraction, 0 < d.val_fraction < 1, "in (0, 1)"),
         ]:
             require(ok, name, value, allowed)
 
@@ -91,11 +118,27 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
         parts = {"model": MirasConfig, "data": DataConfig, "optim": OptimConfig, "run": RunOptions}
+        require(isinstance(data, dict), "config", type(data).__name__, "a table / mapping of sections",
+                "e.g. {\"optim\": {\"lr\": 0.002}} in JSON or [optim] lr = 0.002 in TOML")
         unknown = sorted(set(data) - set(parts) - {"size"})
         require(not unknown, "config", unknown, f"sections {sorted(parts)} and 'size'")
+        size = data.get("size", "small")
+        require(isinstance(size, str), "size", size, "a string: '' or a named size")
+        model = data.get("model", {})
+        require(isinstance(model, dict), "model", model, "a table of model keys")
+        require("vocab_size" not in model, "model.vocab_size", model.get("vocab_size"),
+                "no value: the data sets it (256 bytes, data.bpe_vocab for BPE, data.mqar_vocab for MQAR)",
+                "drop model.vocab_size")
+        fixed = ", ".join(f"model.{k}={model[k]!r}" for k in SIZE_FIXED if k in model)
+        if size and fixed:
+            raise ConfigError(f"{fixed} is invalid: allowed no value under size={size!r}, which sets d_model, heads "
+                              "and n_layers itself; fix: drop them to use the named size, or set size= (empty) to "
+                              "build the model section as given")
         built = {}
         for section, klass in parts.items():
-            values = dict(data.get(section, {}))
+            values = data.get(section, {})
+            require(isinstance(values, dict), section, values, f"a table of {section} keys")
+            values = dict(values)
             names = {f.name: f for f in fields(klass)}
             bad = sorted(set(values) - set(names))
             require(not bad, f"{section} keys", bad, f"{sorted(names)}")
@@ -103,7 +146,11 @@ class RunConfig:
             for key, value in values.items():
                 values[key] = _typed(f"{section}.{key}", value, getattr(defaults, key))
             built[section] = klass(**values)
-        return cls(size=str(data.get("size", "small")), **built)
+        return cls(size=size, **built)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _typed(name: str, value, default):
@@ -114,9 +161,9 @@ def _typed(name: str, value, default):
         require(isinstance(value, bool), name, value, "true or false")
         return value
     if isinstance(default, (int, float)):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = _number(value) and math.isfinite(value)
         ok = ok and (isinstance(default, float) or float(value).is_integer())
-        require(ok, name, value, f"a {type(default).__name__}")
+        require(ok, name, value, f"a {type(default).__name__}" + (" (finite)" if _number(value) else ""))
         return type(default)(value)
     if isinstance(default, (tuple, list)):
         require(isinstance(value, (list, tuple)), name, value, "a list")
@@ -129,19 +176,30 @@ def read_config_file(path: str | Path) -> dict:
     """A .json, .toml or .yaml / .yml file -> dict (ConfigError naming the file when unreadable)."""
     path = Path(path)
     require(path.is_file(), "config file", str(path), "an existing .json / .toml / .yaml file")
-    text = path.read_text()
+    if path.suffix not in (".json", ".toml", ".yaml", ".yml"):
+        raise ConfigError(f"config file {path}: unknown suffix {path.suffix!r}; allowed .json, .toml, .yaml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({err}); allowed a UTF-8 .json / .toml / .yaml "
+                          "file; fix: save it as UTF-8") from err
     try:
         if path.suffix == ".json":
-            return json.loads(text)
-        if path.suffix == ".toml":
+            data = json.loads(text)
+        elif path.suffix == ".toml":
             import tomllib
-            return tomllib.loads(text)
-        if path.suffix in (".yaml", ".yml"):
+            data = tomllib.loads(text)
+        else:
             import yaml  # optional: pip install pyyaml
-            return yaml.safe_load(text) or {}
+            data = yaml.safe_load(text)
+            data = {} if data is None else data
     except Exception as err:  # noqa: BLE001 - any parser error becomes one clear message
         raise ConfigError(f"config file {path} could not be parsed: {err}") from err
-    raise ConfigError(f"config file {path}: unknown suffix {path.suffix!r}; allowed .json, .toml, .yaml")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} holds a {type(data).__name__} ({str(data)[:60]!r}); allowed a "
+                          "mapping of sections (model, data, optim, run) and size; fix: e.g. "
+                          "{\"optim\": {\"lr\": 0.002}} in JSON or [optim] lr = 0.002 in TOML")
+    return data
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -167,3 +225,72 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def load_run_config(path: str | None = None, overrides: list[str] | None = None) -> RunConfig:
     data = read_config_file(path) if path else {}
     return RunConfig.from_dict(apply_overrides(data, overrides or []))
+
+
+# What --resume may change: how long the run goes on, how often it logs, evaluates and saves, and what a non-finite
+# loss does (stop, or skip the step). Anything else
+# (model, data, optimizer, seed, device, ...) would make the resumed run a different run than its checkpoints.
+RESUMABLE = ("optim.steps", "run.max_minutes", "run.log_every", "run.eval_every", "run.save_every", "run.keep_last",
+             "run.threads", "run.tensorboard", "run.on_nan")
+
+
+def saved_run_config(run_dir: str | Path) -> dict:
+    """The config dict a run folder's config.json records (sections + size; resolved_model and the keys a run
+    fills in itself dropped), for RunConfig.from_dict. ConfigError when the folder has no readable config.json."""
+    path = Path(run_dir) / "config.json"
+    require(path.is_file(), "--resume of run.out_dir", str(run_dir), "a `miras train` run folder (with config.json)",
+            "pass the run.out_dir of an earlier run (run.out_dir=..., or --config with it), or drop --resume to "
+            "start a fresh run")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path} is unreadable ({err}); allowed the config.json `miras train` writes; fix: "
+                          "start a fresh run in another run.out_dir") from err
+    require(isinstance(data, dict) and isinstance(data.get("model"), dict), "config.json of run.out_dir", str(path),
+            "the config.json `miras train` writes (sections model, data, optim, run)",
+            "start a fresh run in another run.out_dir")
+    data = {k: v for k, v in data.items() if k != "resolved_model"}
+    dropped = ("vocab_size", *SIZE_FIXED) if data.get("size", "small") else ("vocab_size",)
+    data["model"] = {k: v for k, v in data["model"].items() if k not in dropped}
+    return data
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "extra":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def resume_differences(cfg: RunConfig, run_dir: str | Path) -> list[str]:
+    """The RESUMABLE fields in which cfg differs from the run's config.json; ConfigError naming every other
+    differing field (a resumed run must be the run its checkpoints come from)."""
+    saved = _flat(RunConfig.from_dict(saved_run_config(run_dir)).to_dict())
+    given = _flat(cfg.to_dict())
+    differ = sorted(k for k in saved.keys() | given.keys() if saved.get(k) != given.get(k) and k != "run.out_dir")
+    refused = [k for k in differ if k not in RESUMABLE]
+    if refused:
+        shown = ", ".join(f"{k} ({saved.get(k)!r} in config.json, {given.get(k)!r} given)" for k in refused)
+        raise ConfigError(f"--resume of {run_dir} is invalid: it continues the run as its config.json records it, "
+                          f"and these fields differ: {shown}; allowed changes on resume: {', '.join(RESUMABLE)}; "
+                          "fix: drop those overrides, or start a new run in another run.out_dir")
+    return differ
+
+
+def load_resume_config(path: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """`miras train --resume`: the run's own config.json (run.out_dir from the overrides or the config file) with
+    the config file's and the overrides' values on top (train() then refuses any outside RESUMABLE)."""
+    given = apply_overrides(read_config_file(path) if path else {}, overrides or [])
+    run = given.get("run") if isinstance(given.get("run"), dict) else {}
+    out_dir = run.get("out_dir", RunOptions().out_dir)
+    require(isinstance(out_dir, str), "run.out_dir", out_dir, "a folder path")
+    merged = saved_run_config(out_dir)
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return RunConfig.from_dict(merged)

@@ -1,6 +1,8 @@
 """The training data of a run: text (tokenized, memory-mapped) or a synthetic task, as pure per-step batches."""
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -9,6 +11,8 @@ import torch.distributed as dist
 
 from ..data import (LMBatches, ByteTokenizer, build_token_file, load_documents, load_tokenizer, open_token_file,
                     split_documents, train_bpe, unigram_entropy, val_batches)
+from ..data.tokens import source_hash
+from ..spec.errors import ConfigError
 from .config import RunConfig
 
 
@@ -26,7 +30,11 @@ def _tokenizer(cfg: RunConfig, run_dir: Path, train_docs, write: bool):
         return ByteTokenizer()
     folder = run_dir / "tokenizer"
     if write and not (folder / "tokenizer.json").is_file():
-        train_bpe(train_docs, cfg.data.bpe_vocab, folder)
+        tmp = run_dir / ".tmp-tokenizer"               # written whole, then renamed: a kill leaves no half tokenizer
+        shutil.rmtree(tmp, ignore_errors=True)
+        train_bpe(train_docs, cfg.data.bpe_vocab, tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
     _barrier()
     return load_tokenizer(folder)
 
@@ -34,6 +42,17 @@ def _tokenizer(cfg: RunConfig, run_dir: Path, train_docs, write: bool):
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def _cached(path: Path, docs, tok) -> bool:
+    """Whether `path` is a complete token file of exactly these documents and this tokenizer (a changed data.corpus,
+    or a run killed between the data and its meta, makes it stale: it is rebuilt)."""
+    try:
+        meta = open_token_file(path).meta
+    except ConfigError:
+        return False
+    return (meta["source_hash"], meta["tokenizer"], meta["vocab_size"]) == (source_hash(docs), tok.name,
+                                                                           tok.vocab_size)
 
 
 def build_data(cfg: RunConfig, run_dir: Path, rank: int, world: int, write: bool) -> RunData:
@@ -47,7 +66,7 @@ def build_data(cfg: RunConfig, run_dir: Path, rank: int, world: int, write: bool
     paths = {split: run_dir / "data" / f"{split}.bin" for split in ("train", "val")}
     if write:
         for split, docs in (("train", train_docs), ("val", val_docs)):
-            if not paths[split].is_file():
+            if not _cached(paths[split], docs, tok):
                 paths[split].parent.mkdir(parents=True, exist_ok=True)
                 build_token_file(docs, tok, paths[split])
     _barrier()

@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -16,9 +17,9 @@ import torch.distributed as dist
 from ..models import MirasConfig, MirasLM
 from ..models.lm import cross_entropy
 from ..models.sizes import config_for_size
-from ..spec.errors import ConfigError
-from .checkpoint import list_checkpoints, read_checkpoint, restore_rng, save_checkpoint
-from .config import RunConfig
+from ..spec.errors import ConfigError, require
+from .checkpoint import check_states, list_checkpoints, load_newest, read_checkpoint, restore_rng, save_checkpoint
+from .config import RunConfig, resume_differences
 from .data import build_data
 from .optim import build_optimizer, lr_at
 
@@ -53,6 +54,9 @@ def resolve_device(cfg: RunConfig, d: Dist) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
+        why = "has no CUDA support" if not torch.backends.cuda.is_built() else "sees no GPU"
+        require(torch.cuda.is_available(), "run.device", "cuda", f"auto | cpu here (torch {torch.__version__} {why})",
+                "run.device=auto (cuda when there is a GPU) or run.device=cpu")
         torch.cuda.set_device(d.local_rank)
         return torch.device("cuda", d.local_rank)
     return torch.device("cpu")
@@ -114,6 +118,26 @@ class MetricsLog:
             from torch.utils.tensorboard import SummaryWriter  # optional extra: pip install tensorboard
             self.writer = SummaryWriter(str(run_dir / "tb"))
 
+    def truncate(self, step: int) -> None:
+        """Drops the rows logged after `step` (steps a resumed run replays) and any partial last line."""
+        if not self.enabled:
+            return
+        for path in [self.run_dir / "metrics.jsonl", *self.run_dir.glob("metrics_*.csv")]:
+            if not path.is_file():
+                continue
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+            if path.suffix == ".jsonl":
+                kept = [x for x in lines if _row_step(x) is not None and _row_step(x) <= step]
+            else:
+                header = lines[:1]
+                column = header[0].rstrip("\n").split(",").index("step") if header and "step" in header[0] else None
+                kept = header + [x for x in lines[1:] if column is not None and x.endswith("\n")
+                                 and _csv_step(x, column) is not None and _csv_step(x, column) <= step]
+            if kept != lines:
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text("".join(kept), encoding="utf-8")
+                os.replace(tmp, path)
+
     def write(self, row: dict) -> None:
         if not self.enabled:
             return
@@ -130,6 +154,50 @@ class MetricsLog:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key != "step":
                     self.writer.add_scalar(f"{row['kind']}/{key}", value, row["step"])
+
+
+@torch.no_grad()
+def _finite(model: torch.nn.Module) -> bool:
+    return all(bool(p.isfinite().all()) for p in model.parameters())
+
+
+def _row_step(line: str) -> int | None:
+    """The step of a complete metrics.jsonl line (None for a partial or malformed one)."""
+    try:
+        row = json.loads(line) if line.endswith("\n") else None
+    except json.JSONDecodeError:
+        return None
+    return row.get("step") if isinstance(row, dict) and isinstance(row.get("step"), int) else None
+
+
+def _csv_step(line: str, column: int) -> int | None:
+    cells = line.rstrip("\n").split(",")
+    return int(cells[column]) if column < len(cells) and cells[column].isdigit() else None
+
+
+ARTIFACTS = ("config.json", "metrics.jsonl", "metrics_*.csv", "step-*", ".tmp-step-*", ".trash-step-*", "tb", "eval",
+             "loss.png", "distributed_check.json", "data", "tokenizer", ".tmp-tokenizer")   # what a run writes in its folder
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool, d: Dist) -> None:
+    """A fresh run needs an empty (or new) run folder; overwrite=True first removes what an earlier run wrote there
+    (ARTIFACTS: checkpoints, logs, config.json, its data and tokenizer caches; other files stay)."""
+    entries = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".write-test-")) \
+        if run_dir.is_dir() else []
+    if entries and not overwrite:
+        shown = ", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "")
+        raise ConfigError(f"run.out_dir={str(run_dir)!r} is invalid: allowed a new or empty folder for a fresh run; "
+                          f"it holds {shown}; fix: --resume to continue that run, --overwrite to replace it, or "
+                          "another run.out_dir")
+    if entries and d.main:
+        for pattern in ARTIFACTS:
+            for path in run_dir.glob(pattern):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+    if d.world > 1:
+        dist.barrier()                                  # every rank has looked before rank 0 writes anything
 
 
 @torch.no_grad()
@@ -156,13 +224,27 @@ def evaluate(model, batches, device, autocast) -> float:
     return total / max(count, 1)
 
 
-def train(cfg: RunConfig, resume: bool = False) -> dict:
-    """Runs cfg; returns a summary (steps, losses, tokens/s, run folder)."""
+def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Runs cfg; returns a summary (steps, losses, tokens/s, run folder).
+
+    resume=True continues the run in cfg.run.out_dir from its newest intact checkpoint (an older one, with a
+    warning, when the newest is corrupt); cfg may differ from the run's config.json only in the fields of
+    config.RESUMABLE. A fresh run (resume=False) needs an empty run folder unless overwrite=True. Everything is
+    checked before anything is written.
+    """
     d = init_distributed(cfg.run.device)
     device = resolve_device(cfg, d)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     run_dir = Path(cfg.run.out_dir)
+    if resume:
+        resume_differences(cfg, run_dir)                # ConfigError naming every field that may not change
+        require(bool(list_checkpoints(run_dir)), "--resume of run.out_dir", str(run_dir),
+                "a run folder with a complete checkpoint (step-* with meta.json)",
+                "nothing was saved yet (the run stopped before its first checkpoint): start it again with "
+                "--overwrite")
+    else:
+        prepare_run_dir(run_dir, overwrite, d)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{d.rank}"     # one per rank: ranks probe the same folder at once
@@ -174,26 +256,36 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
     data = build_data(cfg, run_dir, d.rank, d.world, write=d.main)
     mcfg = model_config(cfg, data.vocab_size)
     model = MirasLM(mcfg).to(device)
-    if d.main:
-        (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "resolved_model": mcfg.to_dict()}, indent=2))
     wrapped = wrap_model(model, cfg, d, device)
     optimizer = build_optimizer(model, cfg.optim)
-    start_step = 0
-    ckpts = list_checkpoints(run_dir) if resume else []
-    if ckpts:
-        model_state, optim_state, ckpt_meta = read_checkpoint(ckpts[-1], mcfg.to_dict())
-        set_states(model, optimizer, model_state, optim_state, cfg.run.fsdp and d.world > 1)
-        restore_rng(ckpts[-1])
-        start_step = ckpt_meta["step"]
+    fsdp = cfg.run.fsdp and d.world > 1
+    start_step, last = 0, {}
+    if resume:
+        def read(path: Path):
+            states = read_checkpoint(path, mcfg.to_dict())
+            check_states(path, model, states[0], None if fsdp else optimizer, states[1])
+            return states
+
+        ckpt, (model_state, optim_state, ckpt_meta) = load_newest(run_dir, read)
+        set_states(model, optimizer, model_state, optim_state, fsdp)
+        restore_rng(ckpt)
+        start_step, last = ckpt_meta["step"], dict(ckpt_meta.get("metrics") or {})
+    if d.main:
+        (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "resolved_model": mcfg.to_dict()}, indent=2))
+    log = MetricsLog(run_dir, d.main, cfg.run.tensorboard)
+    log.truncate(start_step)
+    summary = {"run_dir": str(run_dir), "unigram_loss": data.unigram_loss, "tokenizer": data.tokenizer_name,
+               "parameters": model.num_parameters()}
+    if start_step >= cfg.optim.steps:                   # resumed a finished run: nothing to do
+        return {**last, **summary, "steps": start_step, "complete": True}
     step_fn = torch.compile(wrapped) if cfg.run.compile else wrapped
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.run.amp)
     autocast = torch.autocast("cuda", dtype=amp) if device.type == "cuda" and amp else nullcontext()
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp == torch.float16)
-    log = MetricsLog(run_dir, d.main, cfg.run.tensorboard)
     o = cfg.optim
     tokens_per_step = o.batch_size * o.grad_accum * cfg.data.seq_len * d.world
     meta = {"model_config": mcfg.to_dict(), "tokenizer": data.tokenizer_name}
-    start_time, skipped, last = time.time(), 0, {}
+    start_time, skipped = time.time(), 0
     step = start_step
     while step < o.steps:
         for group in optimizer.param_groups:
@@ -202,22 +294,34 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
         for micro in range(o.grad_accum):
             inputs, labels = data.train.batch(step * o.grad_accum + micro)
             sync = micro == o.grad_accum - 1 or d.world == 1 or cfg.run.fsdp
-            with autocast, (nullcontext() if sync else wrapped.no_sync()):
-                loss = cross_entropy(step_fn(inputs.to(device))[0], labels.to(device))
-                scaler.scale(loss / o.grad_accum).backward()
+            try:
+                with autocast, (nullcontext() if sync else wrapped.no_sync()):
+                    loss = cross_entropy(step_fn(inputs.to(device))[0], labels.to(device))
+                    scaler.scale(loss / o.grad_accum).backward()
+            except ConfigError as err:      # e.g. a gate-range check tripped by NaN weights: a non-finite model
+                if _finite(model):
+                    raise
+                raise TrainingError(f"the parameters are non-finite (NaN or inf) at step {step} (the forward pass "
+                                    f"failed: {err}); run.on_nan=skip cannot recover from that; the last checkpoint in "
+                                    f"{run_dir} is intact; fix: train again with a lower optim.lr (--overwrite, "
+                                    "or another run.out_dir)") from err
             loss_sum += loss.detach() / o.grad_accum
         if d.world > 1:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-        if not math.isfinite(loss_sum.item()):
+        grad_norm = None
+        if math.isfinite(loss_sum.item()):
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip if o.clip > 0 else float("inf"))
+        bad_grad = grad_norm is not None and not scaler.is_enabled() and not math.isfinite(float(grad_norm))
+        if grad_norm is None or bad_grad:     # (with fp16 the scaler skips non-finite gradients itself)
             optimizer.zero_grad(set_to_none=True)
+            what = f"gradient norm {float(grad_norm)}" if bad_grad else f"loss {loss_sum.item()}"
             if cfg.run.on_nan == "stop":
-                raise TrainingError(f"non-finite loss {loss_sum.item()} at step {step}; the last good checkpoint "
+                raise TrainingError(f"non-finite {what} at step {step}; the last good checkpoint "
                                     f"in {run_dir} is intact (resume with --resume, or set run.on_nan=skip)")
             skipped += 1
             step += 1
             continue
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip if o.clip > 0 else float("inf"))
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -250,5 +354,4 @@ def train(cfg: RunConfig, resume: bool = False) -> dict:
         if d.main:
             (run_dir / "distributed_check.json").write_text(json.dumps(
                 {"world_size": d.world, "max_param_diff_vs_rank0": last["rank_max_param_diff"]}))
-    return {**last, "steps": step, "run_dir": str(run_dir), "unigram_loss": data.unigram_loss,
-            "tokenizer": data.tokenizer_name, "parameters": model.num_parameters()}
+    return {**last, **summary, "steps": step}
