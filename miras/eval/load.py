@@ -30,7 +30,8 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
 def load_run(run_dir: str | Path, tokenizer: str | None = None, checkpoint: str | None = None):
     """Loads the newest (or the given) checkpoint of a `miras train` run folder.
 
-    Returns (model in eval mode, tokenizer or None for MQAR runs, the run's config dict).
+    Returns (model in eval mode, tokenizer or None for MQAR runs, the run's config dict with "checkpoint": the
+    path of the checkpoint loaded).
     """
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
@@ -49,8 +50,8 @@ def load_run(run_dir: str | Path, tokenizer: str | None = None, checkpoint: str 
     if checkpoint:
         load_checkpoint(checkpoint, model)
     else:                       # the newest intact checkpoint (an older one, with a warning, if it is corrupt)
-        load_newest(run_dir, lambda path: load_checkpoint(path, model))
-    return model.eval(), _tokenizer(run_dir, config, tokenizer), config
+        checkpoint, _ = load_newest(run_dir, lambda path: load_checkpoint(path, model))
+    return model.eval(), _tokenizer(run_dir, config, tokenizer), {**config, "checkpoint": str(checkpoint)}
 
 
 def _tokenizer(run_dir: Path, config: dict, override: str | None):

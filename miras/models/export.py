@@ -67,7 +67,7 @@ def export_run(run: str | Path, out_dir: str | Path, force: bool = False, tokeni
             os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"run": str(run_dir), "checkpoint": str(checkpoint or _newest(run_dir)), "out_dir": str(out),
+    return {"run": str(run_dir), "checkpoint": config["checkpoint"], "out_dir": str(out),
             "files": files, "preset": model.config.preset, "parameters": model.num_parameters(),
             "tokenizer": tok.name, "vocab_size": tok.vocab_size, "eos_id": eos}
 
@@ -106,11 +106,6 @@ def _portable_tokenizer_config(folder: Path) -> None:
     config = json.loads(path.read_text())
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-
-
-def _newest(run_dir: Path) -> Path:
-    from ..train.checkpoint import list_checkpoints
-    return list_checkpoints(run_dir)[-1]
 
 
 __all__ = ["CHECK_TEXT", "check_tokenizer", "export_run"]
