@@ -6,6 +6,8 @@ so that batched matmuls run on operands that stay in a core's L2.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -33,6 +35,20 @@ def write_chunks(out: Tensor, b: slice, x: Tensor) -> None:
     B, _, H, D = out.shape
     C = x.shape[1]
     out[:, b.start * C:b.stop * C].view(B, -1, C, H, D).copy_(x.view(-1, B, H, C, D).permute(1, 0, 3, 2, 4))
+
+
+def log_decay_floor(dtype: torch.dtype) -> float:
+    """The per-token floor of a log decay in the compute dtype: log of its smallest normal number (-87.3 in float32,
+    -708.4 in float64). A decay below it is a hard reset to the dtype's precision (docs/ops/ssd.md, "Hard resets")."""
+    return math.log(torch.finfo(dtype).tiny)
+
+
+def cumulative_log_decays(g: Tensor) -> tuple[Tensor, Tensor]:
+    """g: [N, BH, C] per-token log decays in the compute dtype -> (gc, floored): gc the in-chunk cumulative sum of g
+    floored per token at log_decay_floor (so |gc| <= C |floor| and gc_t - gc_s keeps its precision after a reset
+    of -1e9 or finfo.min), floored where the floor applied (the gradient there is zero, as through exp(g) = 0)."""
+    floor = log_decay_floor(g.dtype)
+    return g.clamp_min(floor).cumsum(-1), g < floor
 
 
 def decay_matrix(gc: Tensor) -> Tensor:

@@ -39,13 +39,35 @@ def select_op(spec: MirasSpec) -> str:
     return "minibatch"
 
 
-def check_finite(where: str, tensors: dict[str, Tensor]) -> None:
-    """FloatingPointError naming the first tensor with a NaN or Inf, and where it is."""
+def check_finite(where: str, tensors: dict[str, Tensor], per_token: tuple[str, ...] = ()) -> None:
+    """FloatingPointError naming the first tensor with a NaN or Inf, and where it is (for the [B, T, ...] tensors
+    named in per_token also the first token, over the whole batch, with one)."""
     for name, t in tensors.items():
         if t is not None and t.is_floating_point() and not torch.isfinite(t).all():
-            index = tuple(torch.nonzero(~torch.isfinite(t))[0].tolist())
-            raise FloatingPointError(f"{where}: {name} has a non-finite value at index {index} "
+            bad = ~torch.isfinite(t)
+            index = tuple(torch.nonzero(bad)[0].tolist())
+            token = f", first at token {_first_token(bad)}" if name in per_token else ""
+            raise FloatingPointError(f"{where}: {name} has a non-finite value at index {index}{token} "
                                      f"(checked because {CHECK_FINITE_ENV}=1)")
+
+
+def _first_token(bad: Tensor) -> int:
+    """bad: [B, T, ...] bool -> the first t with any bad[:, t]."""
+    return int(bad.transpose(0, 1).flatten(1).any(1).nonzero()[0])
+
+
+@torch.no_grad()
+def first_nonfinite_token(*xs: Tensor) -> int | None:
+    """The first token t with a NaN or Inf in any x[:, t] of the [B, T, ...] tensors xs, None if all are finite.
+
+    Cheap when all are finite: one sum per tensor and one sync (a NaN / Inf anywhere makes the sum non-finite;
+    a sum that merely overflows costs the exact search, which then finds nothing). The per-token search runs
+    only when the sum is not finite."""
+    total = sum(x.sum(dtype=torch.promote_types(x.dtype, torch.float32)) for x in xs)
+    if bool(torch.isfinite(total)):
+        return None
+    firsts = [_first_token(~torch.isfinite(x)) for x in xs if not bool(torch.isfinite(x).all())]
+    return min(firsts) if firsts else None
 
 
 def memory_op(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor] | None = None,
@@ -53,15 +75,22 @@ def memory_op(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[str,
               ) -> tuple[Tensor, MemoryState]:
     """q, k: [B, T, H, d_k]; v: [B, T, H, d_v]; gates: spec.gates -> [B, T, H]; state: MemoryState
     (None: zeros, for matrix memories and attention). Returns (y [B, T, H, d_v], final state), equal to
-    `recurrent_reference` with the same arguments whatever the mode. With MIRAS_CHECK_FINITE=1 in the
-    environment, NaN / Inf in the inputs, the start state, the output or the final state raise."""
+    `recurrent_reference` with the same arguments whatever the mode.
+
+    Non-finite inputs: a gate outside its range (NaN / Inf included) raises ConfigError. A NaN / Inf in q, k or v
+    at token t leaves every output before t exact and finite, as in the recurrence (the call is split at the
+    first such token: a chunked op would otherwise spread it back to the start of t's chunk), so the first
+    non-finite output is at the first bad token. With MIRAS_CHECK_FINITE=1 in the environment, NaN / Inf in the
+    inputs, the start state, the output or the final state raise FloatingPointError naming the tensor, the
+    index and the first bad token (docs/ops/ssd.md, "Non-finite inputs")."""
     checking = os.environ.get(CHECK_FINITE_ENV) == "1"
     if checking:
         check_finite("memory_op input", {"q": q, "k": k, "v": v, **(gates or {}),
-                                         **(state.tensors() if state is not None else {})})
+                                         **(state.tensors() if state is not None else {})},
+                     per_token=("q", "k", "v", *(gates or {})))
     y, final = _memory_op(spec, q, k, v, gates, state, mode, checkpoint_chunks)
     if checking:
-        check_finite("memory_op output", {"y": y, **final.tensors()})
+        check_finite("memory_op output", {"y": y, **final.tensors()}, per_token=("y",))
     return y, final
 
 
@@ -73,9 +102,19 @@ def _memory_op(spec, q, k, v, gates, state, mode, checkpoint_chunks):
             "per-channel decay with a non-dot-product bias has no chunked form yet")
     if state is not None:
         check_tensors({"q": q, **{f"state.{n}": t for n, t in state.tensors().items()}})
+    check_inputs(spec, q, k, v, gates)
+    t = first_nonfinite_token(q, k, v)
+    if t:                                 # exact and finite up to t, whatever the op's chunking
+        before, after = ({n: g[:, s] for n, g in gates.items()} for s in (slice(0, t), slice(t, None)))
+        y0, state = _run(op, spec, q[:, :t], k[:, :t], v[:, :t], before, state, checkpoint_chunks)
+        y1, final = _run(op, spec, q[:, t:], k[:, t:], v[:, t:], after, state, checkpoint_chunks)
+        return torch.cat([y0, y1], dim=1), final
+    return _run(op, spec, q, k, v, gates, state, checkpoint_chunks)
+
+
+def _run(op, spec, q, k, v, gates, state, checkpoint_chunks):
     if op == "reference":
         return recurrent_reference(spec, q, k, v, gates, state)
-    check_inputs(spec, q, k, v, gates)
     B, T, H, d_k = k.shape
     if state is None:
         state = initial_state(spec, B, heads=H, d_k=d_k, d_v=v.shape[-1], dtype=q.dtype, device=q.device)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..blocks import chunk_blocks, decay_matrix, read_chunks, scaled_bmm, write_chunks
+from ..blocks import chunk_blocks, cumulative_log_decays, decay_matrix, read_chunks, scaled_bmm, write_chunks
 
 
 def fused_gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, beta: Tensor | None, scale: float,
@@ -67,7 +67,7 @@ def _per_chunk(x: Tensor | None, N: int, BH: int, C: int, fill: float, like: Ten
 
 def _per_token(x: Tensor, B: int, H: int, T: int) -> Tensor:
     """The inverse of _per_chunk: [N, BH, C] -> [B, T, H]."""
-    return x.permute(1, 0, 2).reshape(B, H, -1)[..., :T].transpose(1, 2)
+    return x.permute(1, 0, 2).reshape(B, H, x.shape[0] * x.shape[2])[..., :T].transpose(1, 2)
 
 
 def _per_step(BH: int, *xs: Tensor) -> list[tuple[Tensor, ...]]:
@@ -97,7 +97,8 @@ class _FusedGatedDeltaRule(torch.autograd.Function):
     def forward(ctx, q, k, v, g, beta, S0, scale, C, dtype):
         B, T, H, K = q.shape
         N, BH, V = -(-T // C), B * H, v.shape[-1]
-        gc = _per_chunk(g, N, BH, C, 0.0, S0).cumsum(-1)                      # in-chunk cumulative log decays
+        # in-chunk cumulative log decays, each floored at log(tiny) (hard resets stay exact: docs/ops/ssd.md)
+        gc, floored = cumulative_log_decays(_per_chunk(g, N, BH, C, 0.0, S0))
         bt = _per_chunk(beta, N, BH, C, 1.0, S0)
         o = q.new_empty(B, N * C, H, V, dtype=dtype)
         states = q.new_empty(N + 1, BH, K, V, dtype=dtype)                    # [n]: the state entering chunk n
@@ -115,13 +116,13 @@ class _FusedGatedDeltaRule(torch.autograd.Function):
                 torch.baddbmm(states[n] * decay_, kt_, d_, out=states[n + 1])
             o_ = torch.bmm(scaled_bmm(x.q, x.k.transpose(1, 2), scale).mul_(x.L), d)
             write_chunks(o, b, o_.baddbmm_(x.q * x.decay_in, states[b].flatten(0, 1), alpha=scale))
-        ctx.save_for_backward(q, k, v, gc, bt, states, inverses, corrections)
+        ctx.save_for_backward(q, k, v, gc, floored, bt, states, inverses, corrections)
         ctx.meta = (scale, C, dtype, [None if x is None else x.dtype for x in (q, k, v, g, beta, S0)])
         return o[:, :T], states[-1].view(B, H, K, V).clone()
 
     @staticmethod
     def backward(ctx, do, dS):
-        q, k, v, gc, bt, states, inverses, corrections = ctx.saved_tensors
+        q, k, v, gc, floored, bt, states, inverses, corrections = ctx.saved_tensors
         scale, C, dtype, dtypes = ctx.meta
         B, T, H, K = q.shape
         N, BH, V = gc.shape[0], gc.shape[1], v.shape[-1]
@@ -163,8 +164,10 @@ class _FusedGatedDeltaRule(torch.autograd.Function):
         dg = db = None
         if ctx.needs_input_grad[3]:
             dG = dG.permute(1, 0, 2).flatten(1)                                # [BH, N * C] in time order
-            dG[:, -1] += (states[-1] * d_states[-1]).sum((-1, -2))             # <S_T, dS_T>
-            dg = dG.flip(-1).cumsum(-1).flip(-1).view(B, H, -1)[..., :T].transpose(1, 2).to(dtypes[3])
+            if N:                                                              # (T = 0: no token, no decay)
+                dG[:, -1] += (states[-1] * d_states[-1]).sum((-1, -2))         # <S_T, dS_T>
+            dg = dG.flip(-1).cumsum(-1).flip(-1).masked_fill_(floored.permute(1, 0, 2).flatten(1), 0)
+            dg = dg.view(B, H, N * C)[..., :T].transpose(1, 2).to(dtypes[3])
         if ctx.needs_input_grad[4]:
             db = _per_token(dbeta, B, H, T).to(dtypes[4])
         dq, dk, dv = (x[:, :T].to(dt) for x, dt in zip((dq, dk, dv), dtypes))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..blocks import chunk_blocks, decay_matrix, read_chunks, scaled_bmm, write_chunks
+from ..blocks import chunk_blocks, cumulative_log_decays, decay_matrix, read_chunks, scaled_bmm, write_chunks
 
 
 def chunk_simple_gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, scale: float, initial_state: Tensor,
@@ -34,7 +34,8 @@ class _ChunkSimpleGLA(torch.autograd.Function):
     def forward(ctx, q, k, v, g, S0, scale, C, dtype):
         B, T, H, K = q.shape
         N, BH = -(-T // C), B * H
-        gc = read_chunks(g, slice(0, N), C, dtype).view(N, BH, C).cumsum(-1)  # in-chunk cumulative log decays
+        # in-chunk cumulative log decays, each floored at log(tiny) (hard resets stay exact: docs/ops/ssd.md)
+        gc, floored = cumulative_log_decays(read_chunks(g, slice(0, N), C, dtype).view(N, BH, C))
         o = q.new_empty(B, N * C, H, v.shape[-1], dtype=dtype)
         states = q.new_empty(N + 1, BH, K, v.shape[-1], dtype=dtype)          # [n]: the state entering chunk n
         states[0] = S0.reshape(BH, K, -1)
@@ -48,13 +49,13 @@ class _ChunkSimpleGLA(torch.autograd.Function):
                 torch.addcmul(own[i * BH:(i + 1) * BH], states[n], chunk_decay[n], out=states[n + 1])
             o_.baddbmm_(q_ * g_.exp().unsqueeze(-1), states[b].flatten(0, 1), alpha=scale)
             write_chunks(o, b, o_)
-        ctx.save_for_backward(q, k, v, gc, states)
+        ctx.save_for_backward(q, k, v, gc, floored, states)
         ctx.meta = (scale, C, dtype, [x.dtype for x in (q, k, v, g, S0)])
         return o[:, :T], states[-1].view(B, H, K, -1).clone()
 
     @staticmethod
     def backward(ctx, do, dS):
-        q, k, v, gc, states = ctx.saved_tensors
+        q, k, v, gc, floored, states = ctx.saved_tensors
         scale, C, dtype, dtypes = ctx.meta
         B, T, H, K = q.shape
         N, BH = gc.shape[:2]
@@ -85,7 +86,9 @@ class _ChunkSimpleGLA(torch.autograd.Function):
         dg = None
         if ctx.needs_input_grad[3]:
             dG = dG.permute(1, 0, 2).flatten(1)                                # [BH, N * C] in time order
-            dG[:, -1] += (states[-1] * d_states[-1]).sum((-1, -2))             # <S_T, dS_T>
-            dg = dG.flip(-1).cumsum(-1).flip(-1).view(B, H, -1)[..., :T].transpose(1, 2).to(dtypes[3])
+            if N:                                                              # (T = 0: no token, no decay)
+                dG[:, -1] += (states[-1] * d_states[-1]).sum((-1, -2))         # <S_T, dS_T>
+            dg = dG.flip(-1).cumsum(-1).flip(-1).masked_fill_(floored.permute(1, 0, 2).flatten(1), 0)
+            dg = dg.view(B, H, N * C)[..., :T].transpose(1, 2).to(dtypes[3])
         dq, dk, dv = (x[:, :T].to(dt) for x, dt in zip((dq, dk, dv), dtypes))
         return dq, dk, dv, dg, d_states[0].view(B, H, K, -1).to(dtypes[4]), None, None, None
