@@ -1,4 +1,4 @@
-"""The Hugging Face tests (tests/models/test_hf.py) against each supported transformers release, each in a throwaway
+"""The Hugging Face tests (tests/models/test_hf.py, test_export.py) against each supported transformers release, each in a throwaway
 venv (the local CPU torch, that transformers, miras from this checkout on PYTHONPATH), and a table of the results.
 
     python3 benchmarks/hf_versions.py                       # the default releases below
@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RELEASES = ["4.56.2", "4.57.6", "5.0.0", "5.23.0", "5.24.0", "5.25.0"]
 TORCH = "torch==2.13.0"
 EXTRA = ["numpy", "safetensors", "tokenizers", "pytest", "pytest-xdist"]
+TESTS = ["tests/models/test_hf.py", "tests/models/test_export.py"]
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -41,7 +42,7 @@ def check(release: str, keep: bool) -> dict:
     installed = run([py, "-c", "import transformers, torch; print(transformers.__version__, torch.__version__)"])
     setup_s = time.time() - start
     start = time.time()
-    tests = run([py, "-m", "pytest", "tests/models/test_hf.py", "-o", "addopts=", "-q", "-n", "2", "-p", "no:cacheprovider"],
+    tests = run([py, "-m", "pytest", *TESTS, "-o", "addopts=", "-q", "-n", "2", "-p", "no:cacheprovider"],
                 cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     summary = [line for line in tests.stdout.splitlines() if re.search(r"\d+ (passed|failed|error)", line)]
     if not keep:
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         row = check(release, args.keep)
         rows.append(row)
         print(f"{release}: {row['result']}", file=sys.stderr, flush=True)
-    print("| transformers | torch | tests/models/test_hf.py | set-up s | tests s |")
+    print(f"| transformers | torch | {' + '.join(TESTS)} | set-up s | tests s |")
     print("|---|---|---|---|---|")
     for row in rows:
         torch_version = row.get("installed", " ?").split(" ")[-1]
