@@ -24,9 +24,12 @@ chunk of c tokens, N = ceil(T / c) chunks, K = d_k, V = d_v):
   minibatch  chunk_minibatch, c = spec.chunk_size, per memory layer of shape (o, i): the inner forward
              at the anchor (2coi) and the inner backward (2coi, all layers but the first); reads by the
              dual form (identity boundary): A0 h [and S0 h] (2coi each), the [c, c] scores h a^T (2c^2 i)
-             and scores d (2c^2 o); or by per-token weights (Moneta, Memora): forming A_t = sum_r C[t, r]
-             d_r a_r^T (2c^2 oi) and W_t h_t (2coi); the state at the chunk end (2coi, twice with
-             momentum); with momentum the [c, c] coefficient product (2c^3).
+             and scores d (2c^2 o); with a boundary applied at chunk ends (Moneta, Memora, elastic net) the
+             same dual-form read, plus base h (2coi) for an in-chunk map with a base (Memora, elastic net)
+             and the chunk's last token read with the boundary-mapped weights (2oi); with
+             boundary_at="every-token" by per-token weights: forming A_t = sum_r C[t, r] d_r a_r^T
+             (2c^2 oi) and W_t h_t (2coi); the state at the chunk end (2coi, twice with momentum); with
+             momentum the [c, c] coefficient product (2c^3).
 Elementwise work (decays, exp, activations, norms, the Lq / softmax boundaries) is not counted.
 """
 from __future__ import annotations
@@ -51,6 +54,7 @@ import torch
 from ..ops.dispatch import EXACT_CHUNK, memory_op, select_op
 from ..ops.inputs import random_inputs
 from ..spec import MirasSpec, get_preset, list_presets
+from ..spec.retention import LqNormalization, uses_frame
 
 SEQLENS = (512, 2048, 8192, 16384)
 QUICK_SEQLENS = (256, 512)
@@ -98,8 +102,10 @@ def _minibatch_chunk_flops(spec: MirasSpec, c: int, d_k: int, d_v: int) -> int:
     for idx, (o, i) in enumerate(spec.memory.shapes(d_k, d_v).values()):
         oi = o * i
         total += 2 * c * oi * (1 + int(idx > 0))                                    # inner forward / backward
-        if spec.retention.identity_boundary:
+        if spec.retention.identity_boundary or uses_frame(spec.retention):
             total += 2 * c * oi * (1 + mom) + 2 * c * c * (i + o)                   # dual-form read
+            if uses_frame(spec.retention):
+                total += 2 * oi + 2 * c * oi * int(not isinstance(spec.retention, LqNormalization))
         else:
             total += 2 * c * c * oi + 2 * c * oi                                    # per-token weights read
         total += 2 * c * oi * (1 + mom)                                             # state at the chunk end

@@ -49,7 +49,7 @@ class MemoryLayer(nn.Module):
       log_alpha = logsigmoid(.)                        (logsigmoid(5): retention ~ 0.993)
                   RetNet (constant decay): log(1 - 2^(-5 - h)) per head, not data-dependent
       beta      = beta_max * sigmoid(.)                (momentum ~ 0.6)
-      delta     = softplus(.) + 1e-3                   (Huber threshold ~ 1)
+      delta     = softplus(.) + 1e-3                   (Huber threshold ~ 1 per residual coordinate)
     """
 
     def __init__(self, spec: MirasSpec, d_model: int, heads: int, head_dim: int | None = None, gate_rank: int = 32,

@@ -1,11 +1,13 @@
 """The token-by-token recurrence of the MIRAS design space: THE spec every fast path must equal.
 
-Per head, with W = boundary(A) the memory that is read and differentiated (docs/design-space.md):
+Per head (docs/design-space.md), with A_s the accumulator at the start of t's chunk:
 
-    g_t = grad_W l(M_W(k_t), v_t) at W = anchor   (anchor = boundary(A) at the start of t's chunk)
+    g_t = grad_W l(M_W(k_t), v_t) at W = anchor   (anchor = boundary(A_s))
     S_t = beta_t S_{t-1} - eta_t g_t              (S_t = -eta_t g_t without momentum)
     A_t = alpha_t A_{t-1} + S_t
-    y_t = M_{boundary(A_t)}(q_t)
+    W_t = boundary(A_t) at a chunk's last token, frame(A_s)(A_t) inside it (linear in A_t; the
+          identity for decays; boundary(A_t) at every token with retention.boundary_at="every-token")
+    y_t = M_{W_t}(q_t)
 
 Exact delta rule: W_t = alpha_t W_{t-1} (I - eta_t k_t k_t^T) + eta_t v_t k_t^T, y_t = W_t q_t.
 Attention: y_t = softmax(q_t K_{<=t}^T / sqrt(d_k)) V_{<=t}.
@@ -19,6 +21,8 @@ import torch
 from torch import Tensor
 
 from ..spec import MirasSpec, optim
+from ..spec.errors import require
+from ..spec.retention import uses_frame
 from .state import MemoryState, check_inputs, initial_state
 
 
@@ -50,11 +54,18 @@ def _online_gd(spec, q, k, v, gates, state):
     memory, bias, retention = spec.memory, spec.bias, spec.retention
     A = {n: a.to(q.dtype) for n, a in state.A.items()}
     S = None if state.S is None else {n: s.to(q.dtype) for n, s in state.S.items()}
-    anchor, offset = state.anchor, state.offset
+    anchor, offset, framed = state.anchor, state.offset, uses_frame(retention)
+    start = None if state.start is None else {n: a.to(q.dtype) for n, a in state.start.items()}
+    require(not (framed and offset and start is None), "state.start", None,
+            f"the open chunk's start accumulator for {retention.describe()} (offset {offset})",
+            "continue from the MemoryState the previous call returned")
+    frame = retention.frame(start, anchor) if framed and offset else None
     ys = []
     for t in range(k.shape[1]):
         if offset == 0:
             anchor = retention.boundary(A)
+            if framed:
+                start, frame = A, retention.frame(A, anchor)
         k_t, v_t, q_t = (x[:, t].unsqueeze(2) for x in (k, v, q))          # [B, H, 1, d]
         delta_t = gates["delta"][:, t].unsqueeze(-1) if "delta" in gates else None
         dpred = bias.grad(memory(anchor, k_t), v_t, delta_t)
@@ -72,9 +83,10 @@ def _online_gd(spec, q, k, v, gates, state):
         else:
             A = {n: A[n] + step[n] for n in A}
         offset = (offset + 1) % spec.chunk_size
-        ys.append(memory(retention.boundary(A), q_t).squeeze(2))
+        W = {n: frame[n](A[n]) for n in A} if framed and offset else retention.boundary(A)
+        ys.append(memory(W, q_t).squeeze(2))
     y = torch.stack(ys, dim=1) if ys else v.new_zeros(v.shape)
-    return y, MemoryState(A, S, anchor if offset else None, offset)
+    return y, MemoryState(A, S, anchor if offset else None, offset, start if framed and offset else None)
 
 
 def _delta_rule(spec, q, k, v, gates, state):

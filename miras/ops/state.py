@@ -20,17 +20,20 @@ class MemoryState:
     anchor: the memory at which the open chunk's gradients are taken (None at a chunk boundary,
         where it is boundary(A)); needed to continue a chunk across calls.
     offset: tokens already in the open chunk, in [0, chunk_size).
+    start: the accumulator A at the open chunk's start, for retention gates whose reads inside a chunk
+        are a linear map frozen there (`retention.frame`: Moneta, Memora, elastic net); None otherwise.
     """
 
     A: dict[str, Tensor]
     S: dict[str, Tensor] | None = None
     anchor: dict[str, Tensor] | None = None
     offset: int = 0
+    start: dict[str, Tensor] | None = None
 
     def tensors(self) -> dict[str, Tensor]:
         """Flat name -> tensor view (for comparisons and saving)."""
         out = {f"A.{n}": t for n, t in self.A.items()}
-        for prefix, group in (("S", self.S), ("anchor", self.anchor)):
+        for prefix, group in (("S", self.S), ("anchor", self.anchor), ("start", self.start)):
             out.update({f"{prefix}.{n}": t for n, t in (group or {}).items()})
         return out
 

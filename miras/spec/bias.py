@@ -86,33 +86,74 @@ class Lp:
         return self.p * r * smooth_abs(r, self.eps).pow(self.p - 2.0)
 
 
+HUBER_FORMS = ("switch", "norm", "coord")
+
+
 @dataclass(frozen=True)
 class Huber:
-    """Yaad's switch form: ||r||^2 if ||r|| <= delta_t, else delta_t * ||r||_1 (smoothed).
+    """Yaad's Huber bias with threshold delta_t (a gate, > 0), in one of three forms:
 
-    Gradient 2r below the threshold, delta_t * smooth_sign(r) above; delta_t is a gate (> 0).
+    form="switch"  the paper's literal switch on the residual norm: ||r||^2 if ||r|| <= delta_t, else
+                   delta_t * ||r||_1 (smoothed); gradient 2r below, delta_t * smooth_sign(r) above. The step
+                   jumps at the threshold (norm 2 delta -> delta sqrt(d)), and above it the step does not
+                   depend on v or k through r (sign(r) is flat), so outer gradients through the write vanish.
+    form="norm"    Huber on the residual norm, threshold delta_t * sqrt(d) (delta_t bounds the RMS of r):
+                   ||r||^2 below, 2 tau ||r|| - tau^2 above (tau = delta_t sqrt(d)); gradient 2r below,
+                   2 tau r / ||r|| above: continuous, the L2 direction with a clipped norm.
+    form="coord"   coordinate-wise Huber, threshold delta_t per coordinate: sum_i h(r_i) with h(x) = x^2 if
+                   |x| <= delta_t else 2 delta_t |x| - delta_t^2; gradient clamp(2r, -2 delta_t, 2 delta_t).
+
+    "norm" and "coord" measure delta_t in units of one coordinate of the residual (whose scale the
+    memory's LayerNorm fixes at ~1), so a gate near 1 puts the threshold where the residuals are.
     """
 
+    form: str = "norm"
     eps: float = 1e-6
     name: str = "huber"
     needs_delta: bool = True
 
-    def describe(self) -> str:
-        return "Huber switch (L2 | delta*L1)"
+    def __post_init__(self):
+        require(self.form in HUBER_FORMS, "bias.form", self.form, f"one of {HUBER_FORMS}",
+                "'switch' is the paper's literal form, 'norm' / 'coord' are continuous")
+        require(self.eps > 0, "bias.eps", self.eps, "> 0", "use 1e-6")
 
-    def _inside(self, r: Tensor, delta: Tensor) -> Tensor:
+    def describe(self) -> str:
+        return {"switch": "Huber switch (L2 | delta*L1)", "norm": "Huber on ||r|| (L2 | clipped L2)",
+                "coord": "coordinate-wise Huber"}[self.form]
+
+    def _delta(self, delta: Tensor | None) -> Tensor:
         require(delta is not None, "gates.delta", None, "a [B, T, H] tensor > 0", "Huber needs delta")
-        return (r.pow(2).sum(-1) <= delta.pow(2)).unsqueeze(-1)
+        return delta.unsqueeze(-1)
+
+    def _norm(self, r: Tensor) -> Tensor:
+        return torch.sqrt(r.pow(2).sum(-1, keepdim=True) + self.eps)
+
+    def _tau(self, r: Tensor, delta: Tensor) -> Tensor:
+        return self._delta(delta) * r.shape[-1] ** 0.5
 
     def loss(self, pred: Tensor, v: Tensor, delta: Tensor | None = None) -> Tensor:
         r = pred - v
-        inside = self._inside(r, delta).squeeze(-1)
-        return torch.where(inside, r.pow(2).sum(-1), delta * smooth_abs(r, self.eps).sum(-1))
+        if self.form == "coord":
+            d = self._delta(delta)
+            return torch.where(r.abs() <= d, r * r, 2.0 * d * r.abs() - d * d).sum(-1)
+        sq = r.pow(2).sum(-1, keepdim=True)
+        if self.form == "norm":
+            tau = self._tau(r, delta)
+            return torch.where(sq <= tau * tau, sq, 2.0 * tau * self._norm(r) - tau * tau).squeeze(-1)
+        d = self._delta(delta)
+        return torch.where(sq <= d * d, sq, d * smooth_abs(r, self.eps).sum(-1, keepdim=True)).squeeze(-1)
 
     def grad(self, pred: Tensor, v: Tensor, delta: Tensor | None = None) -> Tensor:
         r = pred - v
-        outside = delta.unsqueeze(-1) * r / smooth_abs(r, self.eps)
-        return torch.where(self._inside(r, delta), 2.0 * r, outside)
+        if self.form == "coord":
+            d = self._delta(delta)
+            return torch.maximum(torch.minimum(2.0 * r, 2.0 * d), -2.0 * d)
+        sq = r.pow(2).sum(-1, keepdim=True)
+        if self.form == "norm":
+            tau = self._tau(r, delta)
+            return torch.where(sq <= tau * tau, 2.0 * r, 2.0 * tau * r / self._norm(r))
+        d = self._delta(delta)
+        return torch.where(sq <= d * d, 2.0 * r, d * r / smooth_abs(r, self.eps))
 
 
 @dataclass(frozen=True)

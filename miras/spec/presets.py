@@ -99,19 +99,22 @@ def titans_lmm():
 
 @_preset("moneta", "memory", "Behrouz et al. 2025 (MIRAS)")
 def moneta():
-    """A_t = alpha_t A_{t-1} - eta_t grad ||M(k_t) - v_t||_3^3; W_t = A_t / ||A_t||_4^2"""
+    """A_t = alpha_t A_{t-1} - eta_t grad ||M(k_t) - v_t||_3^3; W_t = A_t / ||A_t||_4^2 at a chunk's last token,
+    A_t / ||A_s||_4^2 inside it (s = chunk start)"""
     return MirasSpec(deep_memory(), Lp(p=3.0), LqNormalization(q=4.0), GD(), chunk_size=16)
 
 
 @_preset("yaad", "memory", "Behrouz et al. 2025 (MIRAS)")
 def yaad():
-    """W_t = alpha_t W_{t-1} - eta_t grad Huber_{delta_t}(M(k_t) - v_t)"""
-    return MirasSpec(deep_memory(), Huber(), Decay(), GD(), chunk_size=16)
+    """W_t = alpha_t W_{t-1} - eta_t grad Huber_{delta_t}(M(k_t) - v_t): 2r if ||r|| <= delta_t sqrt(d), else
+    2 delta_t sqrt(d) r / ||r|| (the continuous form; Huber(form="switch") is the paper's literal switch)"""
+    return MirasSpec(deep_memory(), Huber(form="norm"), Decay(), GD(), chunk_size=16)
 
 
 @_preset("memora", "memory", "Behrouz et al. 2025 (MIRAS)")
 def memora():
-    """W_t = softmax(alpha_t log W_{t-1} - eta_t grad ||M(k_t) - v_t||^2)"""
+    """W_t = softmax(alpha_t log W_{t-1} - eta_t grad ||M(k_t) - v_t||^2) at a chunk's last token; inside it
+    linear: W_t = W_s + J(A_t - A_s), J the row softmax's Jacobian at a uniform row (A: the logits)"""
     return MirasSpec(deep_memory(), L2(), KLSoftmax(), GD(), chunk_size=16)
 
 

@@ -3,13 +3,17 @@
 The canonical recurrence (docs/design-space.md) keeps an accumulator A:
 
     A_t = alpha_t * A_{t-1} + S_t          (alpha_t = exp(log_alpha_t) when the gate decays)
-    W_t = boundary(A_t)                     (the memory that is read and differentiated)
+    W_t = boundary(A_t)                     at a chunk's last token (the MIRAS parallel rule)
+    W_t = frame_s(A_t)                      inside a chunk: linear in A_t, frozen at the chunk start s
 
 `decays` says whether the gate takes a data-dependent log_alpha gate (scalar per head, or per key
 channel for a matrix memory). `boundary` maps the accumulator to the memory weights; it is the
 identity for every pure decay, and a non-linear map for Moneta (Lq normalization), Memora
-(softmax: mirror descent on the simplex) and the elastic net (soft threshold). Maps act per
-weight matrix and per head: A name -> [..., out, in].
+(softmax: mirror descent on the simplex) and the elastic net (soft threshold). For those,
+`frame(A_s)` is the linear map used inside a chunk (an `InChunkMap`, equal to boundary at A_s), and
+`boundary_at="every-token"` instead reads boundary(A_t) at every token (the costlier alternative,
+kept for comparison). With chunk size 1 every token is a chunk's last token and both rules are
+the per-token equations. Maps act per weight matrix and per head: A name -> [..., out, in].
 """
 from __future__ import annotations
 
@@ -19,6 +23,65 @@ import torch
 from torch import Tensor
 
 from .errors import require
+
+BOUNDARY_RULES = ("chunk-end", "every-token")
+
+
+def _check_rule(rule: str) -> None:
+    require(rule in BOUNDARY_RULES, "retention.boundary_at", rule, f"one of {BOUNDARY_RULES}",
+            "'chunk-end' is the MIRAS parallel rule (the presets); 'every-token' maps every token's accumulator")
+
+
+def uses_frame(retention) -> bool:
+    """True when reads inside a chunk go through `retention.frame` (a non-identity boundary applied at chunk ends)."""
+    return not retention.identity_boundary and getattr(retention, "boundary_at", "every-token") == "chunk-end"
+
+
+@dataclass(frozen=True)
+class InChunkMap:
+    """W = anchor + scale * (A - start) C, the linear map from the accumulator to the memory weights inside a chunk.
+
+    anchor, start: [..., out, in] (the chunk start's weights and accumulator) or both None (W = scale * A C);
+    scale: [..., 1, 1] or a float; C = I - 1 1^T / in when `center` (rows lose their mean), else I. Reads only
+    need W h = anchor h + scale * (A (C h) - start (C h)): the engine applies C to the layer input, keeps the
+    dual form for A, and forms no new weight-sized tensor.
+    """
+
+    anchor: Tensor | None
+    start: Tensor | None
+    scale: Tensor | float
+    center: bool = False
+
+    def input(self, h: Tensor) -> Tensor:
+        return h - h.mean(-1, keepdim=True) if self.center else h
+
+    def __call__(self, a: Tensor) -> Tensor:
+        d = a if self.start is None else a - self.start
+        w = self.scale * (d - d.mean(-1, keepdim=True) if self.center else d)
+        return w if self.anchor is None else self.anchor + w
+
+
+class _LqScale(torch.autograd.Function):
+    """c = (sum (a^2 + eps)^(q/2))^(-(q-2)/q) over the last two dims, saving only a and c for backward
+    (no weight-sized intermediates): dc/da = -(q-2) c / P * a (a^2 + eps)^(q/2 - 1), P the sum."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, q: float, eps: float) -> Tensor:
+        sq = a * a + eps
+        power = (sq.square() if q == 4.0 else sq.pow(q / 2.0)).sum((-2, -1), keepdim=True)
+        c = power.pow(-(q - 2.0) / q)
+        ctx.save_for_backward(a, c)
+        ctx.q, ctx.eps = q, eps
+        return c
+
+    @staticmethod
+    def backward(ctx, grad_c: Tensor):
+        a, c = ctx.saved_tensors
+        q = ctx.q
+        power = c.pow(-q / (q - 2.0))
+        sq = a * a + ctx.eps
+        inner = sq if q == 4.0 else sq.pow(q / 2.0 - 1.0)
+        return (-(q - 2.0) * grad_c * c / power) * a * inner, None, None
 
 
 @dataclass(frozen=True)
@@ -63,11 +126,14 @@ class Decay:
 class LqNormalization:
     """Moneta: W = A / ||A||_q^(q-2) per weight matrix, with L2 decay on A (the hybrid form).
 
-    ||A||_q^q is computed as sum (A^2 + eps)^(q/2), so the map is smooth at A = 0.
+    ||A||_q^q is computed as sum (A^2 + eps)^(q/2), so the map is smooth at A = 0. Inside a chunk the
+    normalizer is frozen at the chunk start (W_t = c_s A_t, c_s = ||A_s||_q^-(q-2)); the normalized state
+    at the chunk's last token is the next chunk's anchor (MIRAS section 5.4).
     """
 
     q: float = 4.0
     eps: float = 1e-6
+    boundary_at: str = "chunk-end"
     name: str = "lq"
     decays: bool = True
     per_channel: bool = False
@@ -75,16 +141,29 @@ class LqNormalization:
 
     def __post_init__(self):
         require(self.q >= 2.0, "retention.q", self.q, "q >= 2", "Moneta uses q = 4; q = 2 is plain decay")
+        _check_rule(self.boundary_at)
+        require(self.q > 2.0 or self.boundary_at == "chunk-end", "retention.boundary_at", self.boundary_at,
+                "'chunk-end' when q = 2 (the map is the identity, so no rule applies)", "use Decay() for q = 2")
 
     def describe(self) -> str:
-        return f"L{self.q:g} normalization + decay"
+        return f"L{self.q:g} normalization + decay" + ("" if self.boundary_at == "chunk-end" else " (every token)")
+
+    def _scale(self, a: Tensor) -> Tensor:
+        if self.q == 2.0:
+            return torch.ones_like(a[..., :1, :1])
+        return _LqScale.apply(a, self.q, self.eps)
 
     def boundary(self, A: dict[str, Tensor]) -> dict[str, Tensor]:
-        out = {}
-        for name, a in A.items():
-            power = (a * a + self.eps).pow(self.q / 2.0).sum((-2, -1), keepdim=True)
-            out[name] = a * power.pow(-(self.q - 2.0) / self.q)
-        return out
+        return {name: a * self._scale(a) for name, a in A.items()}
+
+    def frame(self, A: dict[str, Tensor], W: dict[str, Tensor] | None = None) -> dict[str, InChunkMap]:
+        """The in-chunk maps at a chunk start A (W = boundary(A), when already computed, is not needed here)."""
+        return {name: InChunkMap(None, None, self._scale(a)) for name, a in A.items()}
+
+    def boundary_frame(self, A: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, InChunkMap]]:
+        """(boundary(A), frame(A)) sharing the normalizer."""
+        scale = {name: self._scale(a) for name, a in A.items()}
+        return {n: a * scale[n] for n, a in A.items()}, {n: InChunkMap(None, None, c) for n, c in scale.items()}
 
 
 @dataclass(frozen=True)
@@ -93,28 +172,57 @@ class KLSoftmax:
 
     Written as decay on logits: A_t = alpha_t A_{t-1} + S_t, W = softmax_rows(A). Softmax is
     invariant to a per-row constant, so carrying A instead of log W changes nothing (see docs).
+    Inside a chunk the map is linear (MIRAS section 5.4), W_t = softmax(A_s) + J(A_t - A_s), with
+    in_chunk="jacobian": J(D) = (D - rowmean D) / in, the softmax Jacobian at a uniform row (rows keep
+    summing to 1), or in_chunk="identity": J(D) = D (the paper's literal linear form, badly scaled:
+    logits added to probabilities). The softmax is applied at every chunk's last token.
     """
 
+    in_chunk: str = "jacobian"
+    boundary_at: str = "chunk-end"
     name: str = "kl"
     decays: bool = True
     per_channel: bool = False
     identity_boundary: bool = False
 
+    def __post_init__(self):
+        require(self.in_chunk in ("jacobian", "identity"), "retention.in_chunk", self.in_chunk,
+                "'jacobian' or 'identity'", "'jacobian' keeps rows on the simplex's plane and is the default")
+        _check_rule(self.boundary_at)
+        require(self.boundary_at == "chunk-end" or self.in_chunk == "jacobian", "retention.in_chunk", self.in_chunk,
+                "'jacobian' (the default, unused) with boundary_at='every-token'",
+                "drop in_chunk: with every-token boundaries no in-chunk map is read")
+
     def describe(self) -> str:
-        return "KL -> softmax (mirror descent) + decay"
+        rule = f", {self.in_chunk} inside chunks" if self.boundary_at == "chunk-end" else ", every token"
+        return "KL -> softmax (mirror descent) + decay" + rule
 
     def boundary(self, A: dict[str, Tensor]) -> dict[str, Tensor]:
         return {name: torch.softmax(a, dim=-1) for name, a in A.items()}
+
+    def frame(self, A: dict[str, Tensor], W: dict[str, Tensor] | None = None) -> dict[str, InChunkMap]:
+        """The in-chunk maps at a chunk start A, with W = boundary(A) if already computed."""
+        W = self.boundary(A) if W is None else W
+        if self.in_chunk == "identity":
+            return {name: InChunkMap(W[name], a, 1.0) for name, a in A.items()}
+        return {name: InChunkMap(W[name], a, 1.0 / a.shape[-1], True) for name, a in A.items()}
+
+    def boundary_frame(self, A: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, InChunkMap]]:
+        W = self.boundary(A)
+        return W, self.frame(A, W)
 
 
 @dataclass(frozen=True)
 class ElasticNet:
     """Elastic net: L2 decay on A and an L1 soft threshold W = sign(A) max(|A| - lam, 0).
 
-    This is the dual-averaging (lazy) form: the threshold is applied to the accumulator.
+    This is the dual-averaging (lazy) form: the threshold is applied to the accumulator. Inside a chunk
+    the accumulator's change is added to the chunk start's weights (W_t = W_s + A_t - A_s); the
+    threshold is applied at every chunk's last token.
     """
 
     lam: float = 1e-3
+    boundary_at: str = "chunk-end"
     name: str = "elastic-net"
     decays: bool = True
     per_channel: bool = False
@@ -122,9 +230,19 @@ class ElasticNet:
 
     def __post_init__(self):
         require(self.lam >= 0, "retention.lam", self.lam, ">= 0", "0 gives plain decay")
+        _check_rule(self.boundary_at)
 
     def describe(self) -> str:
-        return f"elastic net (decay + L1 {self.lam:g})"
+        return f"elastic net (decay + L1 {self.lam:g})" + ("" if self.boundary_at == "chunk-end" else ", every token")
 
     def boundary(self, A: dict[str, Tensor]) -> dict[str, Tensor]:
         return {name: torch.sign(a) * torch.relu(a.abs() - self.lam) for name, a in A.items()}
+
+    def frame(self, A: dict[str, Tensor], W: dict[str, Tensor] | None = None) -> dict[str, InChunkMap]:
+        """The in-chunk maps at a chunk start A, with W = boundary(A) if already computed."""
+        W = self.boundary(A) if W is None else W
+        return {name: InChunkMap(W[name], a, 1.0) for name, a in A.items()}
+
+    def boundary_frame(self, A: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, InChunkMap]]:
+        W = self.boundary(A)
+        return W, self.frame(A, W)

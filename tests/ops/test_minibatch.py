@@ -5,7 +5,7 @@ import torch
 from miras.ops import MemoryState, recurrent_reference
 from miras.ops.inputs import random_inputs
 from miras.ops.minibatch import chunk_minibatch
-from miras.spec import MirasSpec, get_preset
+from miras.spec import ConfigError, MirasSpec, get_preset
 from miras.spec.bias import L2, Huber, Lp, ValueShiftRobustL2
 from miras.spec.memory import MLPMemory, matrix
 from miras.spec.optim import GD, Momentum
@@ -22,6 +22,14 @@ SPECS.update({
     "mlp3-silu+huber+kl": MirasSpec(MLPMemory(depth=3, expansion=1, activation="silu"), Huber(), KLSoftmax(), Momentum()),
     "mlp2-plain+l2+none": MirasSpec(MLPMemory(depth=2, residual=False, norm=False, activation="tanh"), L2(),
                                     NoRetention(), GD()),
+    # the other options of the retention gates and Yaad's bias: boundaries mapped at every token, Memora's literal
+    # (identity) in-chunk map, the literal Huber switch and the coordinate-wise Huber
+    "matrix+lp+lq-every-token": MirasSpec(matrix(), Lp(p=2.5), LqNormalization(q=3.0, boundary_at="every-token"),
+                                          Momentum()),
+    "mlp2+huber-switch+kl-identity": MirasSpec(MLPMemory(depth=2, expansion=1), Huber(form="switch"),
+                                               KLSoftmax(in_chunk="identity"), GD()),
+    "mlp2+huber-coord+kl-every-token": MirasSpec(MLPMemory(depth=2, expansion=2), Huber(form="coord"),
+                                                 KLSoftmax(boundary_at="every-token"), GD()),
 })
 
 
@@ -43,7 +51,7 @@ def run_both(spec, seqlen, dtype=torch.float64, seed=0, grads=False, checkpoint_
     return results
 
 
-@pytest.mark.parametrize("seqlen,chunk", [(1, 16), (7, 16), (63, 16), (64, 16), (65, 16), (200, 64), (33, 1)],
+@pytest.mark.parametrize("seqlen,chunk", [(0, 16), (1, 16), (7, 16), (63, 16), (64, 16), (65, 16), (200, 64), (33, 1)],
                          ids=lambda x: str(x))
 @pytest.mark.parametrize("name", list(SPECS))
 def test_outputs_and_state_equal_reference_fp64(name, seqlen, chunk):
@@ -72,7 +80,7 @@ def test_fp32_is_as_accurate_as_the_fp32_reference(name):
         assert rel_err(fast32[key].double(), fp64[key]) <= 4 * rel_err(ref32[key].double(), fp64[key]) + 1e-6, key
 
 
-@pytest.mark.parametrize("name", ["titans-lmm", "moneta"])
+@pytest.mark.parametrize("name", ["titans-lmm", "moneta", "memora"])
 def test_gradient_checkpointing_changes_nothing(name):
     (_, _), (plain, _) = run_both(SPECS[name].with_chunk_size(4), 30, grads=True)
     (_, _), (ckpt, _) = run_both(SPECS[name].with_chunk_size(4), 30, grads=True, checkpoint_chunks=3)
@@ -93,7 +101,7 @@ def test_read_groups_of_any_size_change_nothing(name, group_bytes, monkeypatch):
 
 
 @pytest.mark.parametrize("split", [5, 16, 23])
-@pytest.mark.parametrize("name", ["titans-lmm", "memora"])
+@pytest.mark.parametrize("name", ["titans-lmm", "memora", "moneta"])
 def test_state_carried_across_calls_equals_one_call(name, split):
     spec = SPECS[name].with_chunk_size(8)
     q, k, v, gates, state = random_inputs(spec, seqlen=41)
@@ -107,6 +115,56 @@ def test_state_carried_across_calls_equals_one_call(name, split):
     torch.testing.assert_close(torch.cat([y1, y2], 1), y, rtol=1e-12, atol=1e-12)
     for key, t in final.tensors().items():
         torch.testing.assert_close(end.tensors()[key], t, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["moneta", "memora", "robust+elastic+momentum", "matrix+lp+lq-every-token"])
+def test_continuing_a_reference_state_left_mid_chunk_equals_the_reference(name):
+    """A state the reference leaves inside a chunk (open anchor, start accumulator, offset) continued by the engine
+    and by the reference: outputs, final state and the gradients to the carried state agree (fp64)."""
+    spec = SPECS[name].with_chunk_size(8)
+    q, k, v, gates, state = random_inputs(spec, seqlen=24)
+    head = {n: g[:, :5] for n, g in gates.items()}
+    _, mid = recurrent_reference(spec, q[:, :5], k[:, :5], v[:, :5], head, state)
+    assert mid.offset == 5 and mid.anchor is not None
+    assert (mid.start is not None) == (spec.retention.boundary_at == "chunk-end")
+    carried = {key: t.clone().requires_grad_() for key, t in mid.tensors().items()}
+    def group(prefix):
+        return {n.split(".", 1)[1]: t for n, t in carried.items() if n.startswith(prefix)} or None
+    start = MemoryState(group("A."), group("S."), group("anchor."), mid.offset, group("start."))
+    tail = {n: g[:, 5:] for n, g in gates.items()}
+    results = []
+    for fn in (recurrent_reference, chunk_minibatch):
+        y, final = fn(spec, q[:, 5:], k[:, 5:], v[:, 5:], tail, start)
+        loss = (y * torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=y.dtype)).sum()
+        results.append({"y": y, **final.tensors(),
+                        **{f"d{n}": g for n, g in zip(carried, torch.autograd.grad(loss, list(carried.values())))}})
+    assert results[0].keys() == results[1].keys()
+    for key in results[0]:
+        assert rel_err(results[1][key], results[0][key]) <= 1e-9, key
+
+
+@pytest.mark.parametrize("name", ["moneta", "memora", "robust+elastic+momentum"])
+def test_chunk_end_boundaries_never_form_per_token_weights(name, monkeypatch):
+    """The presets' rule reads in the dual form; only boundary_at="every-token" forms the chunk's per-token weights."""
+    from miras.ops.minibatch import chunk
+
+    def refuse(*args):
+        raise AssertionError("per-token weights formed")
+    monkeypatch.setattr(chunk, "_token_linear", refuse)
+    q, k, v, gates, state = random_inputs(SPECS[name].with_chunk_size(4), seqlen=10)
+    chunk_minibatch(SPECS[name].with_chunk_size(4), q, k, v, gates, state)
+    with pytest.raises(AssertionError, match="per-token weights formed"):
+        chunk_minibatch(SPECS["matrix+lp+lq-every-token"], *random_inputs(SPECS["matrix+lp+lq-every-token"], seqlen=3))
+
+
+def test_a_mid_chunk_state_without_its_start_is_refused():
+    spec = SPECS["moneta"].with_chunk_size(8)
+    q, k, v, gates, state = random_inputs(spec, seqlen=12)
+    _, mid = recurrent_reference(spec, q[:, :5], k[:, :5], v[:, :5], {n: g[:, :5] for n, g in gates.items()}, state)
+    lost = MemoryState(mid.A, mid.S, mid.anchor, mid.offset)
+    for fn in (recurrent_reference, chunk_minibatch):
+        with pytest.raises(ConfigError, match=r"^state\.start=None is invalid: .*; fix: continue from the MemoryState"):
+            fn(spec, q[:, 5:], k[:, 5:], v[:, 5:], {n: g[:, 5:] for n, g in gates.items()}, lost)
 
 
 def test_batch_rows_are_independent():

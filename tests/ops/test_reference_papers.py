@@ -13,9 +13,24 @@ from miras.spec.memory import matrix
 from miras.spec.optim import GD
 
 
+def in_chunk_weights(retention, A, start):
+    """MIRAS section 5.4, written out here: inside a chunk Moneta keeps the chunk start's normalizer
+    (A_t / ||A_s||_q^(q-2), ||.||_q^q smoothed as sum (a^2 + eps)^(q/2)) and Memora the linear map
+    softmax(A_s) + (D - rowmean D) / n_in with D = A_t - A_s; decays read A_t itself."""
+    if isinstance(retention, retentions.LqNormalization):
+        norm = {n: (a * a + retention.eps).pow(retention.q / 2).sum((-2, -1), keepdim=True) ** (1 / retention.q)
+                for n, a in start.items()}
+        return {n: A[n] / norm[n] ** (retention.q - 2) for n in A}
+    if isinstance(retention, retentions.KLSoftmax):
+        D = {n: A[n] - start[n] for n in A}
+        return {n: torch.softmax(start[n], -1) + (D[n] - D[n].mean(-1, keepdim=True)) / D[n].shape[-1] for n in A}
+    return retention.boundary(A)
+
+
 def paper_loop(spec, q, k, v, gates, state):
     """Per token: g = autograd grad of the loss at the chunk-start memory; S = beta S - eta g; A = alpha A + S;
-    y = M_{boundary(A)}(q). q, k, v [B, T, H, d]; state: MemoryState with A (and S)."""
+    y = M_{W_t}(q) with W_t = boundary(A) at a chunk's last token, `in_chunk_weights` before it.
+    q, k, v [B, T, H, d]; state: MemoryState with A (and S)."""
     memory, bias, boundary = spec.memory, spec.bias, spec.retention.boundary
     A = dict(state.A)
     S = dict(state.S) if state.S is not None else None
@@ -23,6 +38,7 @@ def paper_loop(spec, q, k, v, gates, state):
     for t in range(q.shape[1]):
         if t % spec.chunk_size == 0:
             anchor = {n: w.detach() for n, w in boundary(A).items()}
+            start = dict(A)
         W = {n: w.clone().requires_grad_() for n, w in anchor.items()}
         delta = gates["delta"][:, t, :, None] if "delta" in gates else None
         with torch.enable_grad():
@@ -34,7 +50,9 @@ def paper_loop(spec, q, k, v, gates, state):
             S = step = {n: gates["beta"][:, t, :, None, None] * S[n] + step[n] for n in A}
         alpha = gates["log_alpha"][:, t, :, None, None].exp() if "log_alpha" in gates else 1.0
         A = {n: alpha * A[n] + step[n] for n in A}
-        ys.append(memory(boundary(A), q[:, t, :, None])[:, :, 0])
+        last = (t + 1) % spec.chunk_size == 0
+        W = boundary(A) if last else in_chunk_weights(spec.retention, A, start)
+        ys.append(memory(W, q[:, t, :, None])[:, :, 0])
     return torch.stack(ys, 1)
 
 

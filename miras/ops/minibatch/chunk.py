@@ -8,22 +8,26 @@ inner forward + backward for the whole chunk), the recurrence unrolls to
     S_t = sdecay_t S_0 - sum_{r <= t} Cs[t, r] outer(d_r, a_r)
 
 with decay_t, m_t, C, sdecay_t, Cs built from log-space segment sums of the gates
-(`coefficients`). Reads y_t = M_{boundary(A_t)}(q_t) use the dual form when boundary is the
-identity (every product W_t h becomes masked [n, n] matmuls; per-token weights are never
-formed), and per-token weights of the chunk otherwise (Moneta, Memora, elastic net). The only
-Python loop is over chunks, and it carries only the state: the coefficients of all full chunks are
-computed in one batched call before it, and dual-form reads run after it for groups of chunks at
-once (the chunks folded into the head axis).
+(`coefficients`). Reads y_t = M_{W_t}(q_t) use the dual form (every product W_t h becomes masked
+[n, n] matmuls; per-token weights are never formed): W_t = A_t for an identity boundary, and for
+Moneta, Memora and the elastic net W_t = anchor + scale * (A_t - A_s) C inside a chunk (the
+retention's `frame`: a scalar times the dual-form product, plus two [n, d] x [d, out] products),
+with the chunk's last token read at boundary(A_t), the next anchor. Only boundary_at="every-token"
+forms the chunk's per-token weights. The only Python loop is over chunks, and it carries only the
+state: the coefficients of all full chunks are computed in one batched call before it, and the
+reads run after it for groups of chunks at once (the chunks folded into the head axis).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ...spec import MirasSpec
+from ...spec.errors import require
+from ...spec.retention import InChunkMap, uses_frame
 from ..segsum import segsum
 from ..state import MemoryState, check_inputs
 
@@ -102,45 +106,96 @@ def _stack(ts: list[Tensor]) -> Tensor:
     return torch.stack(ts, dim=2).flatten(1, 2)
 
 
+def _framed_linear(linear, frame):
+    """W_t h with W_t = anchor + scale * (A_t - start) C (a retention's in-chunk map, `InChunkMap`): the dual form
+    on C h, minus start (C h), scaled, plus anchor h."""
+    def framed(name: str, h: Tensor) -> Tensor:
+        f = frame[name]
+        hc = f.input(h)
+        z = linear(name, hc)
+        if f.start is not None:
+            z = z - hc @ f.start.transpose(-1, -2)
+        z = f.scale * z
+        return z if f.anchor is None else torch.baddbmm(z.flatten(0, 1), h.flatten(0, 1),
+                                                         f.anchor.flatten(0, 1).transpose(-1, -2)).view_as(z)
+    return framed
+
+
 def _read_group(spec: MirasSpec, reads: list[tuple]) -> Tensor:
-    """The outputs of G chunks of equal length, each (q, Coefficients, A, S, factors) at its start, by one
-    dual-form read with the chunks folded into the head axis: -> [B, H, G * n, d_v]."""
-    q, co, A, S, factors = zip(*reads)
+    """The outputs of G chunks of equal length, each (q, Coefficients, A, S, factors, frame, last) at its start,
+    by one dual-form read with the chunks folded into the head axis: -> [B, H, G * n, d_v]. frame: the
+    retention's in-chunk maps (None for an identity boundary); last: the read of a chunk's last token with the
+    boundary-mapped weights, replacing the in-chunk read there (None for chunks that stay open). When every
+    frame's start is its chunk's A_0 (chunks that begin at a boundary), (A_t - A_s) h folds into the dual form's
+    first term: (decay_t - 1) A_0 h."""
+    q, co, A, S, factors, frames, lasts = zip(*reads)
+    fold = frames[0] is not None and all(f[n].start is a[n] for f, a in zip(frames, A) for n in a)
     co = Coefficients(**{f: None if getattr(co[0], f) is None else _stack([getattr(c, f) for c in co])
                          for f in vars(co[0])})
+    if fold:
+        co = replace(co, decay=co.decay - 1.0)
     A = {name: _stack([a[name] for a in A]) for name in A[0]}
     S = None if S[0] is None else {name: _stack([s[name] for s in S]) for name in S[0]}
     factors = {name: (_stack([f[name][0] for f in factors]), _stack([f[name][1] for f in factors]))
                for name in factors[0]}
-    y = spec.memory.run(_stack(list(q)), _dual_linear(co, A, S, factors))[0]     # [B, H * G, n, d_v]
-    return y.unflatten(1, (-1, len(reads))).flatten(2, 3)
+    linear = _dual_linear(co, A, S, factors)
+    if frames[0] is not None:
+        def stacked(values):
+            return _stack(list(values)) if isinstance(values[0], Tensor) else values[0]
+        frame = {name: InChunkMap(*(None if getattr(frames[0][name], field) is None or (fold and field == "start")
+                                    else stacked([getattr(f[name], field) for f in frames])
+                                    for field in ("anchor", "start", "scale")), frames[0][name].center)
+                 for name in frames[0]}
+        linear = _framed_linear(linear, frame)
+    y = spec.memory.run(_stack(list(q)), linear)[0]                             # [B, H * G, n, d_v]
+    y = y.unflatten(1, (-1, len(reads)))                                        # [B, H, G, n, d_v]
+    if all(last is None for last in lasts):
+        return y.flatten(2, 3)
+    return torch.cat([y_g if last is None else torch.cat([y_g[:, :, :-1], last], dim=2)
+                      for y_g, last in zip(y.unbind(2), lasts)], dim=2)
 
 
-def _chunks(spec, chunks, A, S, anchor):
+def _chunks(spec, chunks, A, S, anchor, start):
     """Runs consecutive chunks, each (q, k, v, gates, Coefficients, tokens already in the chunk) with
-    [B, H, n, ...] tensors. Only the state passing is sequential: with an identity boundary the reads of
-    up to READ_GROUP_BYTES of chunk-start states are done together after it (`_read_group`)."""
-    memory, bias = spec.memory, spec.bias
+    [B, H, n, ...] tensors. Only the state passing is sequential: the reads of up to READ_GROUP_BYTES of
+    chunk-start states are done together after it (`_read_group`), except with a boundary mapped at every
+    token (per-token weights, `_token_linear`). anchor: the open chunk's anchor (or the next chunk's, when
+    already known); start: the open chunk's start accumulator (retentions read through `frame`)."""
+    memory, bias, retention = spec.memory, spec.bias, spec.retention
+    framed = uses_frame(retention)
     state_bytes = sum(a.numel() * a.element_size() for a in A.values()) * (1 if S is None else 2)
     group = max(1, READ_GROUP_BYTES // max(state_bytes, 1))
-    ys, reads = [], []
+    ys, reads, frame = [], [], None
     for q, k, v, gates, co, before in chunks:
-        if anchor is None:
-            anchor = spec.retention.boundary(A)
+        n = q.shape[2]
+        if framed:
+            if before == 0:
+                start = A
+                if anchor is None:
+                    anchor, frame = retention.boundary_frame(A)
+            if frame is None:
+                frame = retention.frame(start, anchor)
+        elif before == 0 and anchor is None:
+            anchor = retention.boundary(A)
         delta = gates.get("delta")
         factors = memory.backward_factors(anchor, k, lambda pred: bias.grad(pred, v, delta))
-        if spec.retention.identity_boundary:
-            if reads and (len(reads) == group or reads[0][0].shape[2] != q.shape[2]):
+        A_end, S_end = _state_at(n - 1, co, A, S, factors)
+        closes = before + n == spec.chunk_size
+        next_anchor, next_frame = retention.boundary_frame(A_end) if framed and closes else (None, None)
+        if retention.identity_boundary or framed:
+            if reads and (len(reads) == group or reads[0][0].shape[2] != n):
                 ys.append(_read_group(spec, reads))
                 reads = []
-            reads.append((q, co, A, S, factors))
+            last = None if next_anchor is None else memory(next_anchor, q[:, :, n - 1:])
+            reads.append((q, co, A, S, factors, frame, last))
         else:
             ys.append(memory.run(q, _token_linear(spec, co, A, S, factors))[0])
-        A, S = _state_at(k.shape[2] - 1, co, A, S, factors)
-        anchor = None if before + q.shape[2] == spec.chunk_size else anchor
+        A, S = A_end, S_end
+        if closes:
+            anchor, frame, start = next_anchor, next_frame, None
     if reads:
         ys.append(_read_group(spec, reads))
-    return torch.cat(ys, dim=2), A, S, anchor
+    return torch.cat(ys, dim=2), A, S, anchor, start
 
 
 def _all_coefficients(gate_parts: dict[str, tuple[Tensor, ...]], sizes: list[int], b: int) -> list[Coefficients]:
@@ -180,12 +235,18 @@ def chunk_minibatch(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dic
     chunks = [(parts[0][i], parts[1][i], parts[2][i], {n: g[i] for n, g in gate_parts.items()}, cos[i],
                state.offset if i == 0 else 0) for i in range(len(sizes))]
     anchor, ys = state.anchor, []
+    start = None if state.start is None else {n: a.to(dtype) for n, a in state.start.items()}
+    require(not (uses_frame(spec.retention) and state.offset and start is None), "state.start", None,
+            f"the open chunk's start accumulator for {spec.retention.describe()} (offset {state.offset})",
+            "continue from the MemoryState the previous call returned")
     group = checkpoint_chunks if checkpoint_chunks > 0 else max(len(chunks), 1)
     for g0 in range(0, len(chunks), group):
         if checkpoint_chunks > 0 and torch.is_grad_enabled():
-            y, A, S, anchor = checkpoint(_chunks, spec, chunks[g0:g0 + group], A, S, anchor, use_reentrant=False)
+            y, A, S, anchor, start = checkpoint(_chunks, spec, chunks[g0:g0 + group], A, S, anchor, start,
+                                                use_reentrant=False)
         else:
-            y, A, S, anchor = _chunks(spec, chunks[g0:g0 + group], A, S, anchor)
+            y, A, S, anchor, start = _chunks(spec, chunks[g0:g0 + group], A, S, anchor, start)
         ys.append(y)
     y = torch.cat(ys, dim=2).transpose(1, 2) if ys else v.new_zeros(v.shape).transpose(1, 2)
-    return y.to(in_dtype), MemoryState(A, S, anchor, (state.offset + T) % b)
+    offset = (state.offset + T) % b
+    return y.to(in_dtype), MemoryState(A, S, anchor if offset else None, offset, start if offset else None)
