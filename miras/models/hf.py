@@ -6,7 +6,7 @@
     model = AutoModelForCausalLM.from_pretrained(path)
     model.generate(ids, max_new_tokens=32)            # greedy, sampling, beam search; recurrent cache
 
-Generation keeps every layer's state (recurrent memory, momentum, open-chunk anchor and offset, conv inputs,
+Generation keeps every layer's state (recurrent memory, momentum, open-chunk anchor, start and offset, conv inputs,
 sliding-window keys/values, Titans segment) in a MirasCache and feeds only the new token(s) after the prompt.
 """
 from __future__ import annotations
