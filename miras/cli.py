@@ -9,6 +9,47 @@ from pathlib import Path
 import torch
 
 
+def _int_list(text: str) -> list[int]:
+    """`--lengths 1024,2048` -> [1024, 2048] (the range is checked by the command)."""
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: allowed comma-separated integers; fix: e.g. "
+                                         "1024,2048") from None
+
+
+def _limit(text: str) -> int | float:
+    """lm-eval's --limit: examples per task (an integer >= 1) or a fraction of them (a number in (0, 1))."""
+    try:
+        value = int(text) if text.isdigit() else float(text)
+    except ValueError:
+        value = None
+    if value is None or not (value >= 1 if isinstance(value, int) else 0 < value < 1):
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: allowed an integer >= 1 (examples per task) or a "
+                                         "fraction in (0, 1); fix: e.g. --limit 20 or --limit 0.1")
+    return value
+
+
+def _count(text: str) -> int:
+    """A non-negative integer (--num-fewshot)."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: allowed an integer >= 0; fix: e.g. 0 or 5")
+    return int(text)
+
+
+def _device(text: str) -> str:
+    """A torch device string (cpu, cuda, cuda:1, mps, ...)."""
+    try:
+        kind = torch.device(text).type
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: allowed a torch device such as cpu, cuda, cuda:1 or "
+                                         "mps; fix: e.g. --device cpu") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid here: allowed cpu (torch {torch.__version__} sees no "
+                                         "GPU); fix: --device cpu, or run on a machine with a GPU")
+    return text
+
+
 def _presets(args) -> None:
     from .spec import get_preset, list_presets
     for name in list_presets():
@@ -109,7 +150,7 @@ def _add_compare_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         if isinstance(default, list):
             kind = int if default and isinstance(default[0], int) else str
-            parser.add_argument(flag, type=lambda s, k=kind: [k(x) for x in s.split(",")], default=default,
+            parser.add_argument(flag, type=_int_list if kind is int else lambda s: s.split(","), default=default,
                                 help=f"comma-separated (default {','.join(map(str, default))})")
         else:
             parser.add_argument(flag, type=type(default), default=default, help=f"(default {default})")
@@ -146,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     train.set_defaults(fn=_train)
     ev = sub.add_parser("eval", help="evaluate a run folder: perplexity by position + S-NIAH, or MQAR")
     ev.add_argument("run", help="the run.out_dir of a `miras train` run")
-    ev.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=[1024, 2048],
+    ev.add_argument("--lengths", type=_int_list, default=[1024, 2048],
                     help="context lengths (comma-separated; default 1024,2048)")
     ev.add_argument("--depths", type=int, default=5, help="needle depths (default 5)")
     ev.add_argument("--needles", type=int, default=2, help="needles per (depth, length) cell (default 2)")
@@ -158,13 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     lme.add_argument("run", help="a `miras train` run folder (newest checkpoint) or one of its step-* folders")
     lme.add_argument("--tasks", required=True, help="comma-separated lm-eval task names, e.g. the local "
                      "miras_shakespeare_mc,miras_shakespeare_ppl,miras_passkey")
-    lme.add_argument("--limit", type=lambda s: int(s) if s.isdigit() else float(s),
+    lme.add_argument("--limit", type=_limit,
                      help="examples per task (a number < 1: a fraction)")
     lme.add_argument("--batch-size", type=int, default=1, help="loglikelihood requests per forward (default 1)")
-    lme.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    lme.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda, cuda:1, ...")
     lme.add_argument("--max-length", type=int, help="longest context fed (default: the model's max_context, "
                                                     "unbounded for recurrent models)")
-    lme.add_argument("--num-fewshot", type=int, help="few-shot examples (default: the task's)")
+    lme.add_argument("--num-fewshot", type=_count, help="few-shot examples (default: the task's)")
     lme.add_argument("--tokenizer", help="tokenizer folder, when the run has none")
     lme.add_argument("--log-samples", action="store_true", help="keep every request and response in --out")
     lme.add_argument("--out", help="write lm-eval's results as JSON here")

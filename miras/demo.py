@@ -11,10 +11,17 @@ from .spec import get_preset, list_presets
 from .spec.errors import require
 
 
+DEMO_MAX_FLOATS = 2 ** 24   # 64 MiB per tensor: sizes past it are refused before anything is allocated
+
+
 def run_demo(seqlen: int = 64, heads: int = 2, d_head: int = 16) -> list[dict]:
     for name, value in (("seqlen", seqlen), ("heads", heads), ("d_head", d_head)):
         require(isinstance(value, int) and value >= 1, name, value, "an integer >= 1",
                 f"e.g. --{name.replace('_', '-')} {dict(seqlen=64, heads=2, d_head=16)[name]}")
+    floats = heads * (seqlen * d_head + d_head * d_head)   # per input (q, k, v: [T, H, d]) and state ([H, d, d])
+    require(floats <= DEMO_MAX_FLOATS, "heads x (seqlen x d_head + d_head**2)", f"{heads} x ({seqlen} x {d_head} + "
+            f"{d_head}**2) = {floats:,}", f"at most {DEMO_MAX_FLOATS:,} floats per input and state (the demo runs "
+            "every preset's token-by-token reference on the CPU)", "e.g. --seqlen 64 --heads 2 --d-head 16")
     rows = []
     for name in list_presets():
         preset = get_preset(name)

@@ -230,7 +230,7 @@ def _ints(s: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="miras bench decode", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="miras bench decode", description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", choices=list_presets(), metavar="NAME",
                    help=f"default: all {len(list_presets())} presets ({list(QUICK_PRESETS)} with --quick)")

@@ -357,7 +357,7 @@ def format_table(result: dict) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="miras bench ops", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="miras bench ops", description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", choices=list_presets(), metavar="NAME",
                    help="default: every distinct memory spec (`miras presets` lists the names)")
@@ -371,7 +371,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help=f"T = {list(QUICK_SEQLENS)}, 1 repeat")
     p.add_argument("--out", default="runs/bench_ops.json", help="JSON results (folder created)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("seqlens", "repeats", "ref_seqlen", "ref_repeats", "threads", "max_seconds", "max_mib"):
+        values = getattr(args, name)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None and not value > 0:
+                p.error(f"--{name.replace('_', '-')}={value} is invalid: allowed a number > 0")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

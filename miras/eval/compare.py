@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +18,8 @@ import torch
 from ..models import MirasConfig
 from ..models.state_tree import flatten_tensors
 from ..spec import get_preset
-from ..train.config import DataConfig, OptimConfig, RunConfig, RunOptions
+from ..spec.errors import require
+from ..train.config import MAX_LAYERS, DataConfig, OptimConfig, RunConfig, RunOptions
 from ..train.trainer import train
 from .load import load_run
 from .mqar import MQAR, mqar_accuracy
@@ -47,8 +49,24 @@ class CompareConfig:
     threads: int = 0
 
     def __post_init__(self):
+        """Every flag checked, and every preset's RunConfig built (its checks: model size, MQAR sizes, ...), before
+        anything is trained or written."""
+        require(isinstance(self.presets, list) and len(self.presets) >= 1, "--presets", self.presets,
+                "one or more preset names", "e.g. --presets mamba2,moneta")
         for name in self.presets:
             get_preset(name)  # ConfigError listing the valid names
+        for name in ("seq_len", "pairs", "vocab", "d_model", "heads", "n_layers", "chunk_size", "steps", "batch_size",
+                     "eval_n"):
+            value = getattr(self, name)
+            require(isinstance(value, int) and value >= 1, f"--{name.replace('_', '-')}", value, "an integer >= 1")
+        require(self.n_layers <= MAX_LAYERS, "--n-layers", self.n_layers, f"1 to {MAX_LAYERS}")
+        require(math.isfinite(self.lr) and self.lr > 0, "--lr", self.lr, "a finite number > 0")
+        require(math.isfinite(self.minutes) and self.minutes >= 0, "--minutes", self.minutes, ">= 0 (0: no cap)")
+        require(self.threads >= 0, "--threads", self.threads, "0 (torch's default) or more")
+        require(len(self.eval_lengths) >= 1 and all(n >= 4 * self.pairs for n in self.eval_lengths), "--eval-lengths",
+                self.eval_lengths, f"lengths >= 4 x --pairs = {4 * self.pairs} (MQAR's pairs and queries)")
+        for preset in self.presets:
+            run_config(self, preset)
 
 
 def run_config(c: CompareConfig, preset: str) -> RunConfig:

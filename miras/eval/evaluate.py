@@ -29,8 +29,6 @@ def evaluate_run(run_dir: str | Path, lengths: list[int], depths: int = 5, needl
     for name, value in (("depths", depths), ("needles", needles), ("windows", windows)):
         require(isinstance(value, int) and value >= 1, name, value, "an integer >= 1", f"e.g. --{name} 2")
     model, tok, config = load_run(run_dir, tokenizer)
-    out = Path(run_dir) / "eval"
-    out.mkdir(exist_ok=True)
     for length in lengths:
         check_length(model, length)
     data = config["data"]
@@ -38,20 +36,25 @@ def evaluate_run(run_dir: str | Path, lengths: list[int], depths: int = 5, needl
         results = {"mqar": {str(n): mqar_accuracy(model, MQAR(seq_len=n, num_kv_pairs=data["mqar_pairs"],
                                                              vocab_size=data["mqar_vocab"], seed=1), n=256)
                             for n in lengths}}
-        line_plot({"mqar": (lengths, [results["mqar"][str(n)] for n in lengths])}, out / "mqar_vs_length.png",
-                  "MQAR accuracy vs length", "sequence length", "accuracy", logx=True)
     elif data["task"] == "niah":
         results = {"niah": needle_grid(model, tok, lengths, depths, needles, haystack="noise")}
-        _needle_heatmap(results["niah"], out)
     else:
         val = open_token_file(Path(run_dir) / "data" / "val.bin").tokens
         ppl = perplexity_by_position(model, val, max(lengths), windows=windows)
-        line_plot({"loss": ([(b["lo"] + b["hi"]) / 2 for b in ppl["buckets"]], [b["loss"] for b in ppl["buckets"]])},
-                  out / "loss_by_position.png", "Validation loss by position", "position", "loss (nats)", logx=True)
         grid = needle_grid(model, tok, lengths, depths, needles, corpus=data["corpus"],
                            val_fraction=data["val_fraction"])
-        _needle_heatmap(grid, out)
         results = {"perplexity": ppl, "niah": grid}
+    out = Path(run_dir) / "eval"                      # written only once every result is in: a refused or failed
+    out.mkdir(exist_ok=True)                          # evaluation leaves the run folder as it was
+    if "mqar" in results:
+        line_plot({"mqar": (lengths, [results["mqar"][str(n)] for n in lengths])}, out / "mqar_vs_length.png",
+                  "MQAR accuracy vs length", "sequence length", "accuracy", logx=True)
+    else:
+        _needle_heatmap(results["niah"], out)
+    if "perplexity" in results:
+        ppl = results["perplexity"]
+        line_plot({"loss": ([(b["lo"] + b["hi"]) / 2 for b in ppl["buckets"]], [b["loss"] for b in ppl["buckets"]])},
+                  out / "loss_by_position.png", "Validation loss by position", "position", "loss (nats)", logx=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
 

@@ -31,6 +31,19 @@ def line_plot(series: dict[str, tuple[list, list]], path: str | Path, title: str
     return Path(path)
 
 
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def check_image_path(path: str | Path) -> None:
+    """ConfigError unless path names an image file (one of IMAGE_SUFFIXES) in an existing folder."""
+    from ..spec.errors import require
+    path = Path(path)
+    require(path.suffix.lower() in IMAGE_SUFFIXES, "--out", str(path), f"an image path ending in "
+            f"{' / '.join(IMAGE_SUFFIXES)}", "e.g. --out loss.png")
+    require(path.parent.is_dir() and not path.is_dir(), "--out", str(path), "a file in an existing folder",
+            f"create {path.parent} first, or pass another path")
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     """The rows of a metrics.jsonl. A partial last line (a run killed while writing it) is skipped with a note on
     stderr; any other unreadable line is a ConfigError naming it."""
@@ -63,7 +76,15 @@ def read_metrics(path: str | Path) -> list[dict]:
 def training_curves(run_dir: str | Path, path: str | Path) -> Path:
     """Train and validation loss of a `miras train` run (its metrics.jsonl) against elapsed minutes,
     with the corpus's unigram baseline."""
-    rows = read_metrics(Path(run_dir) / "metrics.jsonl")
+    from ..spec.errors import require
+    metrics = Path(run_dir) / "metrics.jsonl"
+    rows = read_metrics(metrics)
+    check_image_path(path)
+    for row in rows:
+        key = {"train": "loss", "val": "val_loss"}.get(row["kind"])
+        require(key is None or all(isinstance(row.get(k), (int, float)) for k in ("elapsed_s", key)),
+                f"{metrics} row", str(row)[:80], f"a {row['kind']} row with numbers elapsed_s and {key}, as `miras "
+                "train` writes it", "delete that line")
     baseline = next((r["unigram_loss"] for r in reversed(rows) if "unigram_loss" in r), None)
     series = {kind: ([r["elapsed_s"] / 60 for r in rows if r["kind"] == kind],
                      [r[key] for r in rows if r["kind"] == kind]) for kind, key in (("train", "loss"), ("val", "val_loss"))}

@@ -12,6 +12,11 @@ from ..spec.errors import ConfigError, require
 
 
 SIZE_FIXED = ("d_model", "heads", "n_layers")   # model keys a named size sets (an explicit value is refused)
+# run.max_params default: above the largest named size (1.3B); a model config estimated larger (model.d_model=1e9,
+# model.n_layers=1e6: typos) is refused before anything is allocated. Raise it (run.max_params=1e10) on purpose.
+MAX_PARAMS = 2_000_000_000
+MAX_LAYERS = 4096                                # model.n_layers above this is refused (a fixed bound)
+MAX_MICRO_TOKENS = 2 ** 24                       # optim.batch_size x data.seq_len above this is refused
 
 
 @dataclass
@@ -57,6 +62,7 @@ class RunOptions:
     on_nan: str = "stop"              # stop | skip
     max_minutes: float = 10.0         # wall-clock budget (0: none)
     tensorboard: bool = False
+    max_params: int = MAX_PARAMS      # refuse a model config estimated above this many parameters (typo guard)
 
 
 @dataclass
@@ -109,8 +115,33 @@ class RunConfig:
             ("run.seed", r.seed, 0 <= r.seed < 2 ** 63, "an integer in [0, 2**63)"),
             ("run.max_minutes", r.max_minutes, r.max_minutes >= 0, ">= 0 (0: no time budget)"),
             ("data.val_fraction", d.val_fraction, 0 < d.val_fraction < 1, "in (0, 1)"),
+            ("run.max_params", r.max_params, r.max_params >= 1, ">= 1 (the largest model config accepted)"),
+            ("model.max_context", self.model.max_context, self.model.max_context >= 0,
+             ">= 0 (0: evaluation accepts any length)"),
+            ("model.checkpoint_chunks", self.model.checkpoint_chunks, self.model.checkpoint_chunks >= 0,
+             ">= 0 (0: no activation checkpointing)"),
         ]:
             require(ok, name, value, allowed)
+        require(o.batch_size * d.seq_len <= MAX_MICRO_TOKENS, "optim.batch_size x data.seq_len",
+                f"{o.batch_size} x {d.seq_len}", f"at most {MAX_MICRO_TOKENS:,} tokens per micro-batch (its "
+                "activations are allocated at once)", "lower optim.batch_size (optim.grad_accum keeps the tokens "
+                "per step) or data.seq_len")
+        require(_number(self.model.norm_eps) and math.isfinite(self.model.norm_eps) and self.model.norm_eps > 0,
+                "model.norm_eps", self.model.norm_eps, "a finite number > 0 (RMSNorm's epsilon)", "e.g. 1e-6")
+        if d.tokenizer == "bpe" and d.task == "text":
+            require(257 <= d.bpe_vocab <= 2 ** 32, "data.bpe_vocab", d.bpe_vocab,
+                    "257 (256 bytes + <|endoftext|>) to 2**32 with data.tokenizer=bpe", "e.g. data.bpe_vocab=4096")
+        if d.task == "mqar":
+            pairs, vocab = d.mqar_pairs, d.mqar_vocab
+            require(pairs >= 1, "data.mqar_pairs", pairs, ">= 1 key-value pair per sequence")
+            require(4 * pairs <= d.seq_len, "data.seq_len", d.seq_len,
+                    f">= 4 * data.mqar_pairs = {4 * pairs} with data.task=mqar (pairs plus one query slot pair each)",
+                    "raise data.seq_len or lower data.mqar_pairs")
+            require(pairs <= vocab // 2 - 1 and pairs <= vocab - vocab // 2, "data.mqar_vocab", vocab,
+                    f">= {2 * pairs + 2} for data.mqar_pairs={pairs} (distinct keys in the lower half, values in "
+                    "the upper)", "raise data.mqar_vocab or lower data.mqar_pairs")
+        model = {k: v for k, v in self.model.to_dict().items() if k != "vocab_size"}
+        check_model_size(self.size, model, d, r.max_params)   # last: the exact count imports the model code
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,6 +155,8 @@ class RunConfig:
         require(not unknown, "config", unknown, f"sections {sorted(parts)} and 'size'")
         size = data.get("size", "small")
         require(isinstance(size, str), "size", size, "a string: '' or a named size")
+        from ..models.config import SIZES
+        require(size == "" or size in SIZES, "size", size, f"'' or one of {list(SIZES)}")
         model = data.get("model", {})
         require(isinstance(model, dict), "model", model, "a table of model keys")
         require("vocab_size" not in model, "model.vocab_size", model.get("vocab_size"),
@@ -134,7 +167,7 @@ class RunConfig:
             raise ConfigError(f"{fixed} is invalid: allowed no value under size={size!r}, which sets d_model, heads "
                               "and n_layers itself; fix: drop them to use the named size, or set size= (empty) to "
                               "build the model section as given")
-        built = {}
+        typed = {}
         for section, klass in parts.items():
             values = data.get(section, {})
             require(isinstance(values, dict), section, values, f"a table of {section} keys")
@@ -145,8 +178,14 @@ class RunConfig:
             defaults = klass()
             for key, value in values.items():
                 values[key] = _typed(f"{section}.{key}", value, getattr(defaults, key))
-            built[section] = klass(**values)
-        return cls(size=size, **built)
+            typed[section] = values
+        pattern = typed["model"].get("layer_pattern")
+        require(pattern is None or (isinstance(pattern, list) and pattern and all(isinstance(m, str) for m in pattern)),
+                "model.layer_pattern", pattern, "null (the preset's block) or a non-empty list of mixer names",
+                "e.g. model.layer_pattern='[\"memory\", \"swa\"]'")
+        built = {k: parts[k](**typed[k]) for k in ("data", "optim", "run")}
+        check_model_size(size, typed["model"], built["data"], built["run"].max_params, exact=False)  # pre-build
+        return cls(size=size, model=MirasConfig(**typed["model"]), **built)
 
 
 def _number(value) -> bool:
@@ -155,7 +194,10 @@ def _number(value) -> bool:
 
 def _typed(name: str, value, default):
     """value converted to the type of default (int -> float allowed, lists -> tuples), or ConfigError."""
-    if default is None or isinstance(default, dict):
+    if default is None:
+        return value
+    if isinstance(default, dict):
+        require(isinstance(value, dict), name, value, "a table / JSON object")
         return value
     if isinstance(default, bool):
         require(isinstance(value, bool), name, value, "true or false")
@@ -170,6 +212,80 @@ def _typed(name: str, value, default):
         return type(default)(value)
     require(isinstance(value, str), name, value, "a string")
     return value
+
+
+def _vocab_bound(d: DataConfig) -> tuple[int, str]:
+    """The largest vocabulary the data section can give (the model's embedding rows) and the field that sets it."""
+    if d.task == "mqar":
+        return d.mqar_vocab, "data.mqar_vocab"
+    if d.task == "text" and d.tokenizer == "bpe":
+        return max(d.bpe_vocab, 257), "data.bpe_vocab"
+    return 257, "the byte tokenizer"
+
+
+def estimate_parameters(size: str, model: dict, vocab: int, limit: float = math.inf,
+                        exact: bool = True) -> tuple[int, bool]:
+    """(parameters, exact) of the model a config describes, without allocating it. First a lower bound (the
+    embedding and the SwiGLU MLPs, plain arithmetic: no tensor is made for model.d_model=1e9); when that is within
+    limit, the exact count of meta-device models of one and two layer periods, extrapolated to n_layers (no
+    n_layers=1e6 model is ever built). A config too large for torch to describe even on the meta device (sizes past
+    2**63 bytes) counts as more than limit. Named sizes: their parameter target (n_layers is solved to it), or the
+    lower bound when the vocabulary alone is larger. Invalid values give (0, False): MirasConfig then names them.
+    exact=False: the lower bound only (no model code is imported)."""
+    from ..models.config import SIZES
+    defaults = MirasConfig()
+    get = lambda key: model.get(key, getattr(defaults, key))  # noqa: E731
+    d, n, ratio, tied = get("d_model"), get("n_layers"), get("mlp_ratio"), get("tie_embeddings")
+    if size:
+        d, target = SIZES[size][0], SIZES[size][2] or 0
+        n = 1
+    ints_ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (d, n))
+    if not (ints_ok and _number(ratio) and math.isfinite(ratio) and ratio > 0):
+        return 0, False
+    hidden = 8 * max(1, round(ratio * d / 8))
+    lower = vocab * d * (1 if tied else 2) + n * 3 * hidden * d
+    if size:
+        return max(target, lower), False
+    if lower > limit or not exact:
+        return lower, False
+    from ..models.sizes import count_parameters
+    pattern = get("layer_pattern")
+    period = len(pattern) if isinstance(pattern, list) and pattern else 1
+
+    def count(layers: int) -> int:
+        try:
+            return count_parameters(MirasConfig(**{**model, "n_layers": layers, "vocab_size": vocab}))
+        except (RuntimeError, TypeError, OverflowError, MemoryError):   # a shape past int64 even on meta
+            return max(lower, int(limit) + 1)
+    if n <= 2 * period:
+        return count(n), True
+    one, two = count(period), count(2 * period)
+    full, rest = divmod(n, period)
+    return one + (full - 1) * (two - one) + (count(period + rest) - one if rest else 0), True
+
+
+def check_model_size(size: str, model: dict, data: DataConfig, max_params: int, exact: bool = True) -> None:
+    """ConfigError when the model config is estimated above run.max_params, or deeper than MAX_LAYERS, before any
+    tensor or n_layers-long list is made (model.d_model=1e9 or model.n_layers=1e6 are typos that would otherwise
+    exhaust memory). exact=False checks the arithmetic lower bound only (RunConfig.from_dict, before MirasConfig
+    is built; RunConfig then checks the exact count)."""
+    vocab, vocab_field = _vocab_bound(data)
+    params, exact = estimate_parameters(size, model, vocab, max_params, exact)
+    if params > max_params:
+        defaults = MirasConfig().to_dict()
+        shown = (f"size={size!r}" if size else
+                 ", ".join(f"model.{k}={v!r}" for k, v in model.items() if _number(v) and v != defaults.get(k)))
+        shown += f", {vocab_field}={vocab}" if vocab_field.startswith("data.") else ""
+        gib = 16 * params / 2 ** 30
+        raise ConfigError(f"{shown or 'the model section'} is invalid: the model would have "
+                          f"{'' if exact else 'at least '}{params:,} parameters (about {gib:,.1f} GiB "
+                          f"to train with AdamW); allowed at most run.max_params={max_params:,}; fix: check "
+                          "model.d_model / model.n_layers and the other model sizes (a typo?), or raise "
+                          "run.max_params (e.g. run.max_params=1e10) for a model that large on purpose")
+    n = model.get("n_layers", 1)
+    require(not isinstance(n, int) or n <= MAX_LAYERS, "model.n_layers", n,
+            f"1 to {MAX_LAYERS} (each layer is a few Python modules: 1e5 layers exhaust memory however thin)",
+            "a typo? e.g. model.n_layers=12")
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -231,7 +347,7 @@ def load_run_config(path: str | None = None, overrides: list[str] | None = None)
 # loss does (stop, or skip the step). Anything else
 # (model, data, optimizer, seed, device, ...) would make the resumed run a different run than its checkpoints.
 RESUMABLE = ("optim.steps", "run.max_minutes", "run.log_every", "run.eval_every", "run.save_every", "run.keep_last",
-             "run.threads", "run.tensorboard", "run.on_nan")
+             "run.threads", "run.tensorboard", "run.on_nan", "run.max_params")
 
 
 def saved_run_config(run_dir: str | Path) -> dict:

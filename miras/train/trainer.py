@@ -179,9 +179,21 @@ ARTIFACTS = ("config.json", "metrics.jsonl", "metrics_*.csv", "step-*", ".tmp-st
              "loss.png", "distributed_check.json", "data", "tokenizer", ".tmp-tokenizer")   # what a run writes in its folder
 
 
-def prepare_run_dir(run_dir: Path, overwrite: bool, d: Dist) -> None:
-    """A fresh run needs an empty (or new) run folder; overwrite=True first removes what an earlier run wrote there
-    (ARTIFACTS: checkpoints, logs, config.json, its data and tokenizer caches; other files stay)."""
+REPLACED = ".replaced-run"   # --overwrite: the earlier run's files wait here until the new run is set up
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool, d: Dist) -> Path | None:
+    """A fresh run needs an empty (or new) run folder; overwrite=True first moves what an earlier run wrote there
+    (ARTIFACTS: checkpoints, logs, config.json, its data and tokenizer caches; other files stay) into REPLACED,
+    returned: train() deletes it once the new run is set up, or puts it back (restore_run_dir) when the setup fails,
+    so that a bad input given with --overwrite (a missing corpus, ...) never costs the earlier run."""
     entries = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".write-test-")) \
         if run_dir.is_dir() else []
     if entries and not overwrite:
@@ -189,15 +201,30 @@ def prepare_run_dir(run_dir: Path, overwrite: bool, d: Dist) -> None:
         raise ConfigError(f"run.out_dir={str(run_dir)!r} is invalid: allowed a new or empty folder for a fresh run; "
                           f"it holds {shown}; fix: --resume to continue that run, --overwrite to replace it, or "
                           "another run.out_dir")
+    aside = None
     if entries and d.main:
+        aside = run_dir / REPLACED
+        if aside.exists():                              # left by a run killed while setting up over an older one
+            _remove(aside)
+        aside.mkdir()
         for pattern in ARTIFACTS:
             for path in run_dir.glob(pattern):
-                if path.is_dir():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
+                os.replace(path, aside / path.name)
     if d.world > 1:
         dist.barrier()                                  # every rank has looked before rank 0 writes anything
+    return aside
+
+
+def restore_run_dir(run_dir: Path, aside: Path | None) -> None:
+    """Undoes a fresh run's setup that failed: removes what it wrote (ARTIFACTS) and puts an overwritten run's files
+    back from `aside`; files of other names are left alone."""
+    for pattern in ARTIFACTS:
+        for path in run_dir.glob(pattern):
+            _remove(path)
+    if aside is not None and aside.is_dir():
+        for path in aside.iterdir():
+            os.replace(path, run_dir / path.name)
+        aside.rmdir()
 
 
 @torch.no_grad()
@@ -224,6 +251,21 @@ def evaluate(model, batches, device, autocast) -> float:
     return total / max(count, 1)
 
 
+def _set_up(cfg: RunConfig, run_dir: Path, d: Dist, device: torch.device):
+    """(data, model config, model) of a run: what can still fail on a bad input (corpus, sequence length, memory)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{d.rank}"     # one per rank: ranks probe the same folder at once
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"run.out_dir={str(run_dir)!r} is not writable: {err}") from err
+    torch.manual_seed(cfg.run.seed)
+    data = build_data(cfg, run_dir, d.rank, d.world, write=d.main)
+    mcfg = model_config(cfg, data.vocab_size)
+    return data, mcfg, MirasLM(mcfg).to(device)
+
+
 def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Runs cfg; returns a summary (steps, losses, tokens/s, run folder).
 
@@ -243,19 +285,19 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
                 "a run folder with a complete checkpoint (step-* with meta.json)",
                 "nothing was saved yet (the run stopped before its first checkpoint): start it again with "
                 "--overwrite")
-    else:
-        prepare_run_dir(run_dir, overwrite, d)
+    aside, created = None, not run_dir.exists()
+    if not resume:
+        aside = prepare_run_dir(run_dir, overwrite, d)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{d.rank}"     # one per rank: ranks probe the same folder at once
-        probe.touch()
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"run.out_dir={str(run_dir)!r} is not writable: {err}") from err
-    torch.manual_seed(cfg.run.seed)
-    data = build_data(cfg, run_dir, d.rank, d.world, write=d.main)
-    mcfg = model_config(cfg, data.vocab_size)
-    model = MirasLM(mcfg).to(device)
+        data, mcfg, model = _set_up(cfg, run_dir, d, device)
+    except BaseException:          # e.g. data.corpus missing, data.seq_len past the corpus: the folder as it was
+        if not resume and d.main:
+            restore_run_dir(run_dir, aside)
+            if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
     wrapped = wrap_model(model, cfg, d, device)
     optimizer = build_optimizer(model, cfg.optim)
     fsdp = cfg.run.fsdp and d.world > 1
