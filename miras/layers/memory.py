@@ -3,10 +3,16 @@
 x -> q, k, v projections -> depthwise causal conv (k = 4) + SiLU -> L2-normalized q, k ->
 data-dependent gates from low-rank projections of x -> memory op (chunked, equal to the
 recurrence) -> per-head RMSNorm -> SiLU(linear gate of x) -> output projection.
+
+Titans persistent memory (MAG / MAL, arXiv 2501.00663 section 4): with persistent_tokens = N_p the layer reads
+N_p learnable, data-independent tokens P before the sequence, x~ = [P ++ x], and returns the outputs of x only.
+P does not depend on the data, so the state after P is computed once per call, from the initial state with batch
+1, and expanded over the batch; only a call without a state (the start of a stream) reads P, so a stream fed in
+pieces equals one call.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -50,25 +56,40 @@ class MemoryLayer(nn.Module):
                   RetNet (constant decay): log(1 - 2^(-5 - h)) per head, not data-dependent
       beta      = beta_max * sigmoid(.)                (momentum ~ 0.6)
       delta     = softplus(.) + 1e-3                   (Huber threshold ~ 1 per residual coordinate)
+
+    ttt_base_lr: TTT's inner step (arXiv 2407.04620 section 2.7 and its code), eta = ttt_base_lr * sigmoid(.) / head_dim
+      on TTT's half loss 1/2 ||f(k) - v||^2 with its unnormalized keys (||k||^2 ~ head_dim). The keys here are
+      L2-normalized, so the step that moves the memory as TTT's does is eta = ttt_base_lr * sigmoid(.): lr_max =
+      ttt_base_lr / 2 on this library's L2 = ||r||^2 (docs/design-space.md, with the measurement), the gate's bias
+      at 0 (sigmoid = 1/2) as in TTT's code. None: the lr_max rule above.
+    persistent_tokens: N_p learnable tokens [N_p, d_model] (init N(0, 1), the scale of the normalized tokens the
+    layer reads) prepended to every sequence: a call without a state starts from the state after them.
     """
 
     def __init__(self, spec: MirasSpec, d_model: int, heads: int, head_dim: int | None = None, gate_rank: int = 32,
                  conv_kernel: int = 4, lr_max: float | None = None, beta_max: float = 0.999, mode: str = "auto",
-                 checkpoint_chunks: int = 0):
+                 checkpoint_chunks: int = 0, persistent_tokens: int = 0, ttt_base_lr: float | None = None):
         super().__init__()
         require(heads >= 1, "heads", heads, ">= 1")
+        require(isinstance(persistent_tokens, int) and persistent_tokens >= 0, "persistent_tokens",
+                persistent_tokens, "an integer >= 0")
         require(head_dim is not None or d_model % heads == 0, "heads", heads,
                 f"a divisor of d_model={d_model} (or pass head_dim)", "pick heads so that d_model % heads == 0")
         require(gate_rank >= 1, "gate_rank", gate_rank, ">= 1", "the papers use 32-64")
         self.spec, self.heads, self.mode, self.checkpoint_chunks = spec, heads, mode, checkpoint_chunks
         self.head_dim = hd = head_dim or d_model // heads
         inner = heads * hd
+        require(ttt_base_lr is None or (ttt_base_lr > 0 and lr_max is None), "ttt_base_lr", ttt_base_lr,
+                "None or a number > 0 (with lr_max None)", "set one of lr_max and ttt_base_lr")
+        self.ttt_base_lr = ttt_base_lr
+        if ttt_base_lr is not None:
+            lr_max = ttt_base_lr / 2
         self.lr_max = lr_max if lr_max is not None else (1.0 if spec.memory.is_matrix else 0.1)
         self.beta_max = beta_max
         self.proj = nn.ModuleDict({n: nn.Linear(d_model, inner, bias=False) for n in "qkv"})
         self.conv = nn.ModuleDict({n: ShortConv(inner, conv_kernel) for n in "qkv"})
         per = hd if spec.retention.per_channel else 1
-        init = {"lr": -2.0, "log_alpha": 5.0, "beta": 0.5, "delta": 0.5}
+        init = {"lr": -2.0 if ttt_base_lr is None else 0.0, "log_alpha": 5.0, "beta": 0.5, "delta": 0.5}
         data_dependent = getattr(spec.retention, "data_dependent", True)
         self.gates = nn.ModuleDict({n: LowRankGate(d_model, heads, gate_rank, per if n == "log_alpha" else 1, init[n])
                                     for n in spec.gates if n != "log_alpha" or data_dependent})
@@ -80,6 +101,7 @@ class MemoryLayer(nn.Module):
         self.out_norm = nn.RMSNorm(hd, eps=1e-6)
         self.out_gate = nn.Linear(d_model, inner, bias=False)
         self.out_proj = nn.Linear(inner, d_model, bias=False)
+        self.persistent = nn.Parameter(torch.randn(persistent_tokens, d_model)) if persistent_tokens else None
 
     def gate_values(self, x: Tensor) -> dict[str, Tensor]:
         """The bounded gates of x [B, T, D], each [B, T, H] (log_alpha [B, T, H, d] per channel), fp32."""
@@ -100,7 +122,22 @@ class MemoryLayer(nn.Module):
         W0 = {n: w.float() for n, w in self.W0.items()}
         return initial_state(self.spec, batch, W0)
 
+    def persistent_state(self, batch: int, like: Tensor) -> MemoryLayerState:
+        """The state after the persistent tokens (computed with batch 1, expanded to `batch` rows)."""
+        _, state = self._run(self.persistent.to(like.dtype).unsqueeze(0), None)
+
+        def rows(group: dict[str, Tensor] | None) -> dict[str, Tensor] | None:
+            return None if group is None else {n: t.expand(batch, *t.shape[1:]) for n, t in group.items()}
+        m = state.memory
+        return MemoryLayerState(replace(m, A=rows(m.A), S=rows(m.S), anchor=rows(m.anchor), start=rows(m.start)),
+                                rows(state.conv))
+
     def forward(self, x: Tensor, state: MemoryLayerState | None = None) -> tuple[Tensor, MemoryLayerState]:
+        if state is None and self.persistent is not None:
+            state = self.persistent_state(x.shape[0], x)
+        return self._run(x, state)
+
+    def _run(self, x: Tensor, state: MemoryLayerState | None) -> tuple[Tensor, MemoryLayerState]:
         B, T, _ = x.shape
         conv_state = state.conv if state is not None else {}
         feats, new_conv = {}, {}
@@ -114,4 +151,5 @@ class MemoryLayer(nn.Module):
         return self.out_proj(y), MemoryLayerState(mem, new_conv)
 
     def extra_repr(self) -> str:
-        return f"spec={self.spec}, heads={self.heads}, head_dim={self.head_dim}, lr_max={self.lr_max:g}"
+        extra = f", persistent_tokens={self.persistent.shape[0]}" if self.persistent is not None else ""
+        return f"spec={self.spec}, heads={self.heads}, head_dim={self.head_dim}, lr_max={self.lr_max:g}{extra}"

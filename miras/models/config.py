@@ -18,6 +18,10 @@ class MirasConfig:
     layer_pattern: mixer names repeated cyclically over the layers (e.g. ["memory", "memory", "swa"]);
         None = the preset's own block.
     window: sliding-window size of "swa" / hybrid attention. segment: Titans MAC segment length.
+    persistent_tokens: Titans persistent memory, N_p learnable tokens before every sequence: every attention layer
+        attends to N_p learnable key/value pairs, and the memory of a "titans-mag" / "titans-mal" mixer reads N_p
+        learnable tokens before the sequence. None (the default) = the preset's: 4 for titans-mac / -mag / -mal,
+        0 otherwise.
     chunk_size: override of the preset's memory chunk size (None keeps it).
     """
 
@@ -30,7 +34,7 @@ class MirasConfig:
     mlp_ratio: float = 8.0 / 3.0
     layer_pattern: list[str] | None = None
     window: int = 256
-    persistent_tokens: int = 0
+    persistent_tokens: int | None = None
     segment: int = 64
     chunk_size: int | None = None
     gate_rank: int = 32
@@ -42,7 +46,9 @@ class MirasConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        get_preset(self.preset)  # raises with the valid names
+        preset = get_preset(self.preset)  # raises with the valid names
+        if self.persistent_tokens is None:
+            self.persistent_tokens = preset.persistent_tokens
         for name in ("vocab_size", "d_model", "n_layers", "heads", "window", "segment", "gate_rank", "d_state"):
             value = getattr(self, name)
             require(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
@@ -52,7 +58,9 @@ class MirasConfig:
                     value, "None (the default) or an integer >= 1", f"drop {name} or give a positive integer")
         require(self.head_dim is not None or self.d_model % self.heads == 0, "heads", self.heads,
                 f"a divisor of d_model={self.d_model}", "change heads or set head_dim")
-        require(self.persistent_tokens >= 0, "persistent_tokens", self.persistent_tokens, ">= 0")
+        require(isinstance(self.persistent_tokens, int) and not isinstance(self.persistent_tokens, bool)
+                and self.persistent_tokens >= 0, "persistent_tokens", self.persistent_tokens,
+                "None (the preset's) or an integer >= 0")
         require(self.mlp_ratio > 0, "mlp_ratio", self.mlp_ratio, "> 0")
         for mixer in self.pattern:
             require(mixer in MIXERS, "layer_pattern", mixer, f"mixers from {MIXERS}",

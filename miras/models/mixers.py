@@ -8,6 +8,7 @@ from ..layers.hybrid import Gated, Sequential
 from ..layers.mamba2 import Mamba2
 from ..layers.memory import MemoryLayer
 from ..layers.titans import MemoryAsContext
+from ..spec import get_preset
 from .config import MirasConfig
 
 
@@ -19,9 +20,10 @@ def build_mixer(config: MirasConfig, kind: str) -> nn.Module:
     def attention(window):
         return Attention(c.d_model, c.heads, head_dim=c.head_dim, window=window, persistent_tokens=c.persistent_tokens)
 
-    def memory():
+    def memory(persistent_tokens=0):
         return MemoryLayer(c.spec, c.d_model, c.heads, head_dim=c.head_dim, gate_rank=c.gate_rank,
-                           checkpoint_chunks=c.checkpoint_chunks)
+                           checkpoint_chunks=c.checkpoint_chunks, persistent_tokens=persistent_tokens,
+                           ttt_base_lr=get_preset(c.preset).ttt_base_lr)
 
     if kind == "attention":
         return attention(None)
@@ -32,10 +34,12 @@ def build_mixer(config: MirasConfig, kind: str) -> nn.Module:
     if kind == "mamba2":
         headdim = c.head_dim or min(64, 2 * c.d_model // c.heads)
         return Mamba2(c.d_model, d_state=c.d_state, headdim=headdim, expand=2)
-    if kind in ("memory+swa", "titans-mal"):
+    if kind == "memory+swa":
         return Sequential(memory(), attention(c.window), c.d_model, c.norm_eps)
+    if kind == "titans-mal":    # x~ = [P ++ x]: the memory reads P first, the attention attends to it
+        return Sequential(memory(c.persistent_tokens), attention(c.window), c.d_model, c.norm_eps)
     if kind == "titans-mag":
-        return Gated(attention(c.window), memory(), c.d_model, c.norm_eps)
+        return Gated(attention(c.window), memory(c.persistent_tokens), c.d_model, c.norm_eps)
     if kind == "titans-mac":
         return MemoryAsContext(memory(), c.d_model, c.heads, c.segment, c.persistent_tokens)
     raise ValueError(f"unknown mixer {kind!r}")  # unreachable: MirasConfig validates the pattern

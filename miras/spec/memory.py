@@ -67,6 +67,13 @@ class MLPMemory:
     depth=1, residual=False, norm=False is the matrix memory `M(x) = W x` (linear attention,
     DeltaNet, Mamba-2); depth=1 with residual + LN is TTT-Linear; depth=2 with residual + LN and
     expansion 4 is the deep memory of TTT-MLP, Titans, Moneta, Yaad and Memora.
+
+    norm_affine: TTT's LayerNorm with a learned per-head gain and shift, `gamma * LN(.) + beta`
+    (arXiv 2407.04620, `ttt_norm_weight` / `ttt_norm_bias` in its code). gamma and beta are outer
+    parameters, kept as two more entries of the state, "ln_weight" and "ln_bias" ([d_v, 1] per
+    head: a layer read with the constant input 1), whose inner gradient is zero: the inner
+    optimizer never moves them, a layer's learnable W0 learns them (init 1 and 0). Needs a
+    retention without decay or boundary (MirasSpec checks), which would move them.
     """
 
     depth: int = 2
@@ -75,6 +82,7 @@ class MLPMemory:
     residual: bool = True
     norm: bool = True
     norm_eps: float = 1e-5
+    norm_affine: bool = False
 
     def __post_init__(self):
         require(isinstance(self.depth, int) and self.depth >= 1, "memory.depth", self.depth,
@@ -84,6 +92,8 @@ class MLPMemory:
         require(self.activation in ACTIVATIONS, "memory.activation", self.activation,
                 f"one of {ACTIVATIONS}", "pick a smooth activation; the inner backward needs act'")
         require(self.norm_eps > 0, "memory.norm_eps", self.norm_eps, "> 0", "use 1e-5")
+        require(not self.norm_affine or self.norm, "memory.norm_affine", self.norm_affine, "False without norm",
+                "set norm=True for TTT's LayerNorm affine")
 
     @property
     def kind(self) -> str:
@@ -97,7 +107,7 @@ class MLPMemory:
         if self.is_matrix:
             return "matrix W k"
         body = "W k" if self.depth == 1 else f"{self.depth}-layer MLP({self.activation}, x{self.expansion})"
-        body = f"LN({body})" if self.norm else body
+        body = (f"g LN({body}) + b" if self.norm_affine else f"LN({body})") if self.norm else body
         return f"k + {body}" if self.residual else body
 
     def shapes(self, d_k: int, d_v: int) -> dict[str, tuple[int, int]]:
@@ -105,7 +115,15 @@ class MLPMemory:
         require(not self.residual or d_k == d_v, "memory.residual", self.residual,
                 f"False when d_k ({d_k}) != d_v ({d_v})", "use equal key and value head dims")
         dims = [d_k] + [self.expansion * d_k] * (self.depth - 1) + [d_v]
-        return {f"W{i + 1}": (dims[i + 1], dims[i]) for i in range(self.depth)}
+        shapes = {f"W{i + 1}": (dims[i + 1], dims[i]) for i in range(self.depth)}
+        if self.norm_affine:
+            shapes.update(ln_weight=(d_v, 1), ln_bias=(d_v, 1))
+        return shapes
+
+    @property
+    def layers(self) -> list[str]:
+        """The names of the weights the inner optimizer moves, in the order they are applied."""
+        return [f"W{i + 1}" for i in range(self.depth)]
 
     def state_size(self, d_k: int, d_v: int) -> int:
         return sum(o * i for o, i in self.shapes(d_k, d_v).values())
@@ -115,7 +133,9 @@ class MLPMemory:
         """A learnable-W0 initialization [H, out, in]: zeros for a matrix, scaled normal for MLPs."""
         state = {}
         for name, (o, i) in self.shapes(d_k, d_v).items():
-            if self.is_matrix:
+            if name in ("ln_weight", "ln_bias"):
+                state[name] = torch.full((heads, o, i), float(name == "ln_weight"), dtype=dtype)
+            elif self.is_matrix:
                 state[name] = torch.zeros(heads, o, i, dtype=dtype)
             else:
                 state[name] = torch.randn(heads, o, i, generator=generator, dtype=dtype) / math.sqrt(i)
@@ -126,9 +146,10 @@ class MLPMemory:
 
         Returns (output, layer inputs, pre-activations, normalized output, 1 / std). The chunked
         engine reuses it with per-token or dual-form products, so the architecture lives here only.
+        With norm_affine, gamma and beta are read as linear("ln_weight" / "ln_bias", 1).
         """
         acts, pres, h = [x], [], x
-        names = [f"W{i + 1}" for i in range(self.depth)]
+        names = self.layers
         for idx, name in enumerate(names):
             z = linear(name, h)
             if idx < len(names) - 1:
@@ -140,8 +161,12 @@ class MLPMemory:
         inv_std = None
         if self.norm:
             h, inv_std = layer_norm(h, self.norm_eps)
+        normed = h
+        if self.norm_affine:
+            one = x.new_ones(*x.shape[:-1], 1)
+            h = linear("ln_weight", one) * h + linear("ln_bias", one)
         out = x + h if self.residual else h
-        return out, acts, pres, h, inv_std
+        return out, acts, pres, normed, inv_std
 
     def __call__(self, W: dict[str, Tensor], x: Tensor) -> Tensor:
         """M_W(x): W [B, H, out, in], x [B, H, n, d_k] -> [B, H, n, d_v]."""
@@ -161,15 +186,19 @@ class MLPMemory:
         """
         pred, acts, pres, normed, inv_std = self.run(x, lambda name, h: h @ W[name].transpose(-1, -2))
         d = dpred(pred) if callable(dpred) else dpred
+        fixed = {}
+        if self.norm_affine:                       # gamma, beta: outer parameters, zero inner gradient
+            fixed = {n: (torch.zeros_like(d), x.new_ones(*x.shape[:-1], 1)) for n in ("ln_weight", "ln_bias")}
+            d = d * W["ln_weight"][..., 0].unsqueeze(-2)
         if self.norm:
             d = layer_norm_backward(d, normed, inv_std)
-        names = list(W)
+        names = self.layers
         factors = {}
         for idx in range(len(names) - 1, -1, -1):
             factors[names[idx]] = (d, acts[idx])
             if idx > 0:
                 d = (d @ W[names[idx]]) * activation_grad(self.activation, pres[idx - 1])
-        return dict(reversed(list(factors.items())))
+        return {**dict(reversed(list(factors.items()))), **fixed}
 
 
 def matrix() -> MLPMemory:

@@ -26,14 +26,21 @@ class Preset:
     block: str          # the layer that wraps the memory (SPEC section 4)
     equation: str
     paper: str
+    persistent_tokens: int = 0   # the default of MirasConfig.persistent_tokens for this preset
+    ttt_base_lr: float | None = None  # TTT's eta_base: the memory layer's step eta_base sigmoid(.) (unit keys)
+
+
+# Titans' persistent memory: N_p learnable tokens before every sequence (MAC / MAG / MAL). The paper gives no N_p
+# for its experiments; 4 is our default (docs/design-space.md).
+TITANS_PERSISTENT_TOKENS = 4
 
 
 _REGISTRY: dict[str, Callable[[], Preset]] = {}
 
 
-def _preset(name: str, block: str, paper: str):
+def _preset(name: str, block: str, paper: str, **defaults):
     def register(fn: Callable[[], MirasSpec]):
-        _REGISTRY[name] = lambda: Preset(name, fn(), block, " ".join(fn.__doc__.split()), paper)
+        _REGISTRY[name] = lambda: Preset(name, fn(), block, " ".join(fn.__doc__.split()), paper, **defaults)
         return fn
     return register
 
@@ -79,16 +86,20 @@ def gated_deltanet():
     return MirasSpec(matrix(), L2(), Decay(), Delta(), chunk_size=64)
 
 
-@_preset("ttt-linear", "ttt", "Sun et al. 2024")
+# TTT's base inner learning rate (arXiv 2407.04620: 1 for TTT-Linear, 0.1 for TTT-MLP)
+@_preset("ttt-linear", "ttt", "Sun et al. 2024", ttt_base_lr=1.0)
 def ttt_linear():
-    """f(x) = x + LN(W x); W_t = W_{t'} - eta_t grad ||f(k_t) - v_t||^2 summed over the mini-batch (b = 16)"""
-    return MirasSpec(MLPMemory(depth=1, residual=True, norm=True), L2(), NoRetention(), GD(), chunk_size=16)
+    """f(x) = x + g LN(W x) + b (g, b learned per head); W_t = W_{t'} - eta_t grad ||f(k_t) - v_t||^2 summed over
+    the mini-batch (b = 16)"""
+    return MirasSpec(MLPMemory(depth=1, residual=True, norm=True, norm_affine=True), L2(), NoRetention(), GD(),
+                     chunk_size=16)
 
 
-@_preset("ttt-mlp", "ttt", "Sun et al. 2024")
+@_preset("ttt-mlp", "ttt", "Sun et al. 2024", ttt_base_lr=0.1)
 def ttt_mlp():
-    """f(x) = x + LN(W2 gelu(W1 x)); mini-batch GD on ||f(k) - v||^2, b = 16"""
-    return MirasSpec(deep_memory(), L2(), NoRetention(), GD(), chunk_size=16)
+    """f(x) = x + g LN(W2 gelu(W1 x)) + b (g, b learned per head); mini-batch GD on ||f(k) - v||^2, b = 16"""
+    return MirasSpec(MLPMemory(depth=2, expansion=4, activation="gelu", residual=True, norm=True, norm_affine=True),
+                     L2(), NoRetention(), GD(), chunk_size=16)
 
 
 @_preset("titans-lmm", "memory", "Behrouz et al. 2025 (Titans)")
@@ -123,7 +134,7 @@ for _name, _base, _block in [("titans-mac", "titans-lmm", "titans-mac"), ("titan
                              ("yaad-h", "yaad", "memory+swa"), ("memora-h", "memora", "memory+swa")]:
     _REGISTRY[_name] = (lambda base=_base, name=_name, block=_block: Preset(
         name, _REGISTRY[base]().spec, block, _REGISTRY[base]().equation + f" ; block: {block}",
-        _REGISTRY[base]().paper))
+        _REGISTRY[base]().paper, TITANS_PERSISTENT_TOKENS if block.startswith("titans") else 0))
 
 
 def list_presets() -> list[str]:

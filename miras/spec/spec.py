@@ -50,6 +50,10 @@ class MirasSpec:
             require(isinstance(r, (retentions.NoRetention, retentions.Decay)) and not r.per_channel,
                     "retention", r.name, "'none' or scalar 'decay' for the exact delta rule",
                     "use the GD algorithm for other retention gates")
+        if getattr(m, "norm_affine", False):
+            require(isinstance(r, retentions.NoRetention), "retention", r.name,
+                    "'none' with memory.norm_affine (a decay or boundary would move the LayerNorm's gain and shift)",
+                    "use norm_affine=False with a retention gate")
         if getattr(r, "per_channel", False):
             require(m.is_matrix, "retention.per_channel", True, "only with a matrix memory",
                     "use a scalar decay for deep memories")

@@ -9,7 +9,8 @@ from miras.spec import ConfigError
 TINY = dict(d_model=32, heads=2, n_layers=2, window=8, segment=8, chunk_size=4, d_state=16)
 
 
-@pytest.mark.parametrize("preset", ["titans-lmm", "gated-deltanet", "mamba2", "titans-mac", "memora-h", "transformer"])
+@pytest.mark.parametrize("preset", ["titans-lmm", "gated-deltanet", "mamba2", "titans-mac", "titans-mag", "titans-mal",
+                                    "memora-h", "transformer"])
 def test_saved_state_continues_like_one_forward(preset, tmp_path):
     torch.manual_seed(0)
     model = MirasLM(MirasConfig(preset=preset, **TINY)).double().eval()

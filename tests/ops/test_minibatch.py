@@ -22,6 +22,8 @@ SPECS.update({
     "mlp3-silu+huber+kl": MirasSpec(MLPMemory(depth=3, expansion=1, activation="silu"), Huber(), KLSoftmax(), Momentum()),
     "mlp2-plain+l2+none": MirasSpec(MLPMemory(depth=2, residual=False, norm=False, activation="tanh"), L2(),
                                     NoRetention(), GD()),
+    "mlp2+ln-affine+momentum": MirasSpec(MLPMemory(depth=2, expansion=2, norm_affine=True), L2(), NoRetention(),
+                                         Momentum()),
     # the other options of the retention gates and Yaad's bias: boundaries mapped at every token, Memora's literal
     # (identity) in-chunk map, the literal Huber switch and the coordinate-wise Huber
     "matrix+lp+lq-every-token": MirasSpec(matrix(), Lp(p=2.5), LqNormalization(q=3.0, boundary_at="every-token"),

@@ -45,7 +45,8 @@ def paper_loop(spec, q, k, v, gates, state):
             loss = bias.loss(memory(W, k[:, t, :, None]), v[:, t, :, None], delta).sum()
             g = dict(zip(W, torch.autograd.grad(loss, list(W.values()))))
         eta = gates["lr"][:, t, :, None, None]
-        step = {n: -eta * g[n] for n in A}
+        inner = getattr(memory, "layers", list(A))   # TTT's LayerNorm gain and shift are not trained in the loop
+        step = {n: -eta * g[n] if n in inner else torch.zeros_like(A[n]) for n in A}
         if S is not None:
             S = step = {n: gates["beta"][:, t, :, None, None] * S[n] + step[n] for n in A}
         alpha = gates["log_alpha"][:, t, :, None, None].exp() if "log_alpha" in gates else 1.0
