@@ -182,7 +182,7 @@ def test_batch_rows_are_independent():
     assert (y2[1] - y[1]).abs().max() > 1e-3
 
 
-def test_momentum_with_zero_beta_is_plain_gd_and_finite():
+def test_momentum_with_zero_beta_is_plain_gd_and_its_beta_gradient_is_the_references():
     gd = MirasSpec(MLPMemory(depth=2), L2(), Decay(), GD(), chunk_size=4)
     mom = MirasSpec(MLPMemory(depth=2), L2(), Decay(), Momentum(), chunk_size=4)
     q, k, v, gates, state = random_inputs(mom, seqlen=10, requires_grad=True)
@@ -191,5 +191,9 @@ def test_momentum_with_zero_beta_is_plain_gd_and_finite():
     y_mom, _ = chunk_minibatch(mom, q, k, v, {**gates, "beta": zero}, zero_state)
     y_gd, _ = chunk_minibatch(gd, q, k, v, {n: gates[n] for n in gd.gates}, MemoryState(state.A))
     torch.testing.assert_close(y_mom, y_gd, rtol=1e-12, atol=1e-12)
-    (g_beta,) = torch.autograd.grad(y_mom.sum(), zero)
-    assert torch.isfinite(g_beta).all()
+    w = torch.randn(y_mom.shape, dtype=y_mom.dtype, generator=torch.Generator().manual_seed(1))  # not y.sum():
+    (g_beta,) = torch.autograd.grad((y_mom * w).sum(), zero)                        # LN outputs sum to 0
+    y_ref, _ = recurrent_reference(mom, q, k, v, {**gates, "beta": zero}, zero_state)
+    (want,) = torch.autograd.grad((y_ref * w).sum(), zero)
+    assert want.abs().max() > 1e-3                       # beta = 0 has a gradient: the momentum it would let in
+    torch.testing.assert_close(g_beta, want, rtol=1e-9, atol=1e-12)

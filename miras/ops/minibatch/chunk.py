@@ -28,10 +28,9 @@ from torch.utils.checkpoint import checkpoint
 from ...spec import MirasSpec
 from ...spec.errors import require
 from ...spec.retention import InChunkMap, uses_frame
-from ..segsum import segsum
+from ..segsum import segprod, segsum
 from ..state import MemoryState, check_inputs
 
-BETA_FLOOR = 1e-30  # beta = 0 is allowed; its log is clamped so that gradients stay finite
 READ_GROUP_BYTES = 16 * 2 ** 20  # chunk-start states stacked for one batched read (kept for backward)
 
 
@@ -54,7 +53,7 @@ def coefficients(lr: Tensor, log_alpha: Tensor | None, beta: Tensor | None) -> C
     decay, Da = seg_a[..., 1:, 0], seg_a[..., 1:, 1:]
     if beta is None:
         return Coefficients(decay, Da * lr.unsqueeze(-2), None, None, None)
-    seg_b = segsum(torch.cat([zeros, beta.clamp_min(BETA_FLOOR).log()], dim=-1)).exp()
+    seg_b = segprod(torch.cat([torch.ones_like(zeros), beta], dim=-1))      # beta = 0 allowed: products, no log
     sdecay, Db = seg_b[..., 1:, 0], seg_b[..., 1:, 1:]
     return Coefficients(decay, (Da @ Db) * lr.unsqueeze(-2), (Da @ sdecay.unsqueeze(-1)).squeeze(-1),
                         sdecay, Db * lr.unsqueeze(-2))
