@@ -25,7 +25,7 @@ from .load import load_run
 from .mqar import MQAR, mqar_accuracy
 from .plots import line_plot
 
-DEFAULT_PRESETS = ("transformer", "mamba2", "gated-deltanet", "titans-lmm", "moneta")
+DEFAULT_PRESETS = ("transformer", "mamba2", "gated-deltanet", "titans-lmm", "moneta", "yaad", "memora")
 
 
 @dataclass
@@ -38,8 +38,8 @@ class CompareConfig:
     heads: int = 2
     n_layers: int = 2
     chunk_size: int = 16
-    steps: int = 2000
-    minutes: float = 2.5             # wall-clock cap per model (0: none)
+    steps: int = 1500
+    minutes: float = 2.0             # wall-clock cap per model (0: none)
     batch_size: int = 32
     lr: float = 3e-3
     eval_n: int = 256
