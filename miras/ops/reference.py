@@ -21,9 +21,8 @@ import torch
 from torch import Tensor
 
 from ..spec import MirasSpec, optim
-from ..spec.errors import require
 from ..spec.retention import uses_frame
-from .state import MemoryState, check_inputs, initial_state
+from .state import MemoryState, check_inputs, initial_state, open_chunk_start
 
 
 def recurrent_reference(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor] | None = None,
@@ -55,10 +54,7 @@ def _online_gd(spec, q, k, v, gates, state):
     A = {n: a.to(q.dtype) for n, a in state.A.items()}
     S = None if state.S is None else {n: s.to(q.dtype) for n, s in state.S.items()}
     anchor, offset, framed = state.anchor, state.offset, uses_frame(retention)
-    start = None if state.start is None else {n: a.to(q.dtype) for n, a in state.start.items()}
-    require(not (framed and offset and start is None), "state.start", None,
-            f"the open chunk's start accumulator for {retention.describe()} (offset {offset})",
-            "continue from the MemoryState the previous call returned")
+    start = open_chunk_start(spec, state, q.dtype)
     frame = retention.frame(start, anchor) if framed and offset else None
     ys = []
     for t in range(k.shape[1]):

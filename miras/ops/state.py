@@ -9,6 +9,7 @@ from torch import Tensor
 from ..spec import MirasSpec
 from ..spec.errors import require
 from ..spec.memory import NonParametric
+from ..spec.retention import uses_frame
 
 
 @dataclass
@@ -54,6 +55,15 @@ def initial_state(spec: MirasSpec, batch: int, W0: dict[str, Tensor] | None = No
     A = {n: (w if w.dim() == 4 else w.unsqueeze(0).expand(batch, *w.shape)) for n, w in W0.items()}
     S = {n: torch.zeros_like(a) for n, a in A.items()} if spec.algorithm.momentum else None
     return MemoryState(A, S)
+
+
+def open_chunk_start(spec: MirasSpec, state: MemoryState, dtype: torch.dtype) -> dict[str, Tensor] | None:
+    """The open chunk's start accumulator in dtype; a clear error when a retention that reads through a frame
+    (Moneta, Memora, elastic net) continues mid-chunk without it."""
+    require(not (uses_frame(spec.retention) and state.offset and state.start is None), "state.start", None,
+            f"the open chunk's start accumulator for {spec.retention.describe()} (offset {state.offset})",
+            "continue from the MemoryState the previous call returned")
+    return None if state.start is None else {n: a.to(dtype) for n, a in state.start.items()}
 
 
 def check_tensors(tensors: dict[str, Tensor | None]) -> None:

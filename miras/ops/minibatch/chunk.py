@@ -26,10 +26,9 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ...spec import MirasSpec
-from ...spec.errors import require
 from ...spec.retention import InChunkMap, uses_frame
 from ..segsum import segprod, segsum
-from ..state import MemoryState, check_inputs
+from ..state import MemoryState, check_inputs, open_chunk_start
 
 READ_GROUP_BYTES = 16 * 2 ** 20  # chunk-start states stacked for one batched read (kept for backward)
 
@@ -234,10 +233,7 @@ def chunk_minibatch(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dic
     chunks = [(parts[0][i], parts[1][i], parts[2][i], {n: g[i] for n, g in gate_parts.items()}, cos[i],
                state.offset if i == 0 else 0) for i in range(len(sizes))]
     anchor, ys = state.anchor, []
-    start = None if state.start is None else {n: a.to(dtype) for n, a in state.start.items()}
-    require(not (uses_frame(spec.retention) and state.offset and start is None), "state.start", None,
-            f"the open chunk's start accumulator for {spec.retention.describe()} (offset {state.offset})",
-            "continue from the MemoryState the previous call returned")
+    start = open_chunk_start(spec, state, dtype)
     group = checkpoint_chunks if checkpoint_chunks > 0 else max(len(chunks), 1)
     for g0 in range(0, len(chunks), group):
         if checkpoint_chunks > 0 and torch.is_grad_enabled():
