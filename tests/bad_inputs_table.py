@@ -167,6 +167,7 @@ CASES: list[Case] = [
     _override("data.val_fraction", "1", "data.val_fraction=1.0", "in (0, 1)"),
     _override("data.task", "nope", "data.task='nope'"),
     _override("data.tokenizer", "words", "data.tokenizer='words'"),
+    _override("data.documents", "merge", "data.documents='merge'"),
     _override("data.corpus", "/no/such/corpus.txt", "corpus='/no/such/corpus.txt'", "no such file"),
     case("train overrides", "data.bpe_vocab=10 with bpe", [*FRESH, "data.tokenizer=bpe", "data.bpe_vocab=10"],
          "data.bpe_vocab=10", "257"),

@@ -40,7 +40,9 @@ def evaluate_run(run_dir: str | Path, lengths: list[int], depths: int = 5, needl
         results = {"niah": needle_grid(model, tok, lengths, depths, needles, haystack="noise")}
     else:
         val = open_token_file(Path(run_dir) / "data" / "val.bin").tokens
-        ppl = perplexity_by_position(model, val, max(lengths), windows=windows)
+        reset = data.get("documents", "stream") == "reset"      # runs before data.documents streamed
+        ppl = perplexity_by_position(model, val, max(lengths), windows=windows,
+                                     document_start=tok.eos_id if reset else None)
         grid = needle_grid(model, tok, lengths, depths, needles, corpus=data["corpus"],
                            val_fraction=data["val_fraction"])
         results = {"perplexity": ppl, "niah": grid}

@@ -18,11 +18,14 @@ def position_buckets(length: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def perplexity_by_position(model, tokens, length: int, windows: int = 8, piece: int = 1024) -> dict:
+def perplexity_by_position(model, tokens, length: int, windows: int = 8, piece: int = 1024,
+                           document_start: int | None = None) -> dict:
     """Streams `windows` consecutive windows of `length` tokens (pieces of `piece` tokens, state carried).
 
     tokens: 1-D token ids (e.g. a memory-mapped val split). Returns {"loss", "ppl", "buckets": [{"lo",
     "hi", "loss", "ppl"}]} where a bucket averages the next-token loss of positions lo..hi-1 of a window.
+    document_start: the token that starts a document (eos) for a model trained with data.documents=reset: the
+    state restarts there, as in training (None: windows read across documents).
     """
     require(len(tokens) > windows * length, "windows * length", windows * length,
             f"< the number of evaluation tokens ({len(tokens)})", "use fewer or shorter windows")
@@ -33,7 +36,9 @@ def perplexity_by_position(model, tokens, length: int, windows: int = 8, piece: 
         states = None
         for start in range(0, length, piece):
             end = min(length, start + piece)
-            logits, states = model(ids[:, start:end], states)
+            piece_ids = ids[:, start:end]
+            resets = None if document_start is None else piece_ids == document_start
+            logits, states = model(piece_ids, states, resets=resets)
             losses[start:end] += F.cross_entropy(logits[0].float(), ids[0, start + 1:end + 1], reduction="none").cpu()
     losses /= windows
     buckets = [{"lo": lo, "hi": hi, "loss": losses[lo:hi].mean().item(), "ppl": math.exp(losses[lo:hi].mean())}

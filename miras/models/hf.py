@@ -15,6 +15,8 @@ from torch import Tensor
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from ..ops.documents import resets_from_cu_seqlens
+from ..spec.errors import require
 from .hf_config import MirasHFConfig
 from .lm import MirasLM
 from .padding import RowGroups
@@ -130,8 +132,8 @@ class MirasForCausalLM(PreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids: Tensor | None = None, labels: Tensor | None = None,
                 past_key_values: MirasCache | None = None, use_cache: bool | None = None,
-                attention_mask: Tensor | None = None, return_dict: bool | None = None, *,
-                cache: MirasCache | None = None, **kwargs):
+                attention_mask: Tensor | None = None, return_dict: bool | None = None,
+                position_ids: Tensor | None = None, *, cache: MirasCache | None = None, **kwargs):
         """input_ids [B, T] (the tokens after those in the cache) -> CausalLMOutputWithPast.
 
         labels: [B, T], shifted inside (labels = input_ids gives next-token loss; -100 is ignored).
@@ -139,6 +141,10 @@ class MirasForCausalLM(PreTrainedModel, GenerationMixin):
         use_cache: return the cache (a new one when none was given); default config.use_cache outside training.
         attention_mask: [B, past + T] or [B, T], 1 = token, 0 = pad, each row's tokens one contiguous run (left or
         right padding); padded rows run as groups of equal length, so no state sees a pad.
+        position_ids [B, T] or cu_seq_lens_q [N + 1] (transformers' packed-sequence conventions, e.g.
+        DataCollatorWithFlattening): a document starts wherever position_ids is 0 after a token (or at every
+        offset of cu_seq_lens_q, batch 1); each document's logits equal a call on it alone (its state starts
+        fresh). Positions are not read otherwise: every mixer counts its own.
         The output holds the cache under the installed transformers' name (`cache` or `past_key_values`).
         """
         cache = _cache_argument({"cache": cache, "past_key_values": past_key_values})
@@ -150,7 +156,8 @@ class MirasForCausalLM(PreTrainedModel, GenerationMixin):
             raise ValueError("MirasForCausalLM returns neither attentions nor hidden states")
         use_cache = use_cache if use_cache is not None else self.config.use_cache and not self.training
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        logits, states = self.model(input_ids, cache.states if cache is not None else None, attention_mask)
+        resets = _document_starts(input_ids, position_ids, kwargs.get("cu_seq_lens_q"), attention_mask)
+        logits, states = self.model(input_ids, cache.states if cache is not None else None, attention_mask, resets)
         cache = cache if cache is not None else MirasCache() if use_cache else None
         if cache is not None:
             cache.advance(states, input_ids.shape[1])
@@ -160,6 +167,27 @@ class MirasForCausalLM(PreTrainedModel, GenerationMixin):
                                       num_items_in_batch=kwargs.get("num_items_in_batch"))
         out = CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_KEYWORD: cache if use_cache else None})
         return out if return_dict else out.to_tuple()
+
+
+def _document_starts(input_ids: Tensor, position_ids: Tensor | None, cu_seq_lens: Tensor | None,
+                     attention_mask: Tensor | None) -> Tensor | None:
+    """resets [B, T] (True at a packed document's first token) from position_ids == 0 or cu_seq_lens; None
+    when neither marks a document start after the first token of a row (left padding's first real token, at
+    position 0 after pads, is a row's start, not a document's)."""
+    B, T = input_ids.shape
+    if cu_seq_lens is not None:
+        require(B == 1, "cu_seq_lens_q", "with batch " + str(B), "batch 1 (all documents packed in one row)",
+                "flatten the batch into one row, or pass position_ids")
+        return resets_from_cu_seqlens(cu_seq_lens, input_ids.device)
+    if position_ids is None:
+        return None
+    require(tuple(position_ids.shape) in ((B, T), (1, T)), "position_ids.shape", tuple(position_ids.shape),
+            f"{(B, T)}", "one position per token; a document starts where it is 0")
+    starts = (position_ids.expand(B, T) == 0).clone()
+    starts[:, 0] = False                       # a call's first token is a row start: the cache decides
+    if attention_mask is not None:
+        starts[:, 1:] &= attention_mask[:, :-1].bool()
+    return starts if bool(starts.any()) else None
 
 
 def _cache_argument(kwargs: dict) -> MirasCache | None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.documents import check_resets
 from ..spec.errors import require
 from .config import MirasConfig
 from .mixers import build_mixer
-from .padding import RowGroups, grouped_forward
+from .padding import RowGroups, grouped_forward, run_packed
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -68,9 +69,19 @@ class MirasLM(nn.Module):
             self.logit_scale = config.d_model ** -0.5
 
     def forward(self, input_ids: Tensor, states: list | RowGroups | None = None,
-                attention_mask: Tensor | None = None) -> tuple[Tensor, list | RowGroups]:
+                attention_mask: Tensor | None = None, resets: Tensor | None = None) -> tuple[Tensor, list | RowGroups]:
         """attention_mask [B, T] (1 = token, 0 = pad; left or right padding): rows then run as groups of equal
-        length (see padding.py) and the states come back as a RowGroups, which later calls continue."""
+        length (see padding.py) and the states come back as a RowGroups, which later calls continue.
+        resets [B, T] bool (packed documents, True at a document's first token, e.g. input_ids == eos_id): each
+        document's logits equal a call on it alone (padding.run_packed); the states come back as a RowGroups."""
+        if resets is not None:
+            padded = attention_mask is not None and not bool(attention_mask.all())
+            require(not padded, "attention_mask", "padding together with resets",
+                    "one of them: pads (attention_mask) or packed documents (resets)", "pack the rows without pads")
+            r = check_resets(resets, *input_ids.shape)
+            if isinstance(states, RowGroups) or (r.numel() and (bool(r[:, 1:].any()) or (
+                    states is not None and bool(r[:, 0].any())))):
+                return run_packed(self, input_ids, r, states)
         if isinstance(states, RowGroups) or (attention_mask is not None and not bool(attention_mask.all())):
             if not isinstance(states, RowGroups):
                 states = RowGroups.whole(input_ids.shape[0], states, input_ids.device)
@@ -87,11 +98,11 @@ class MirasLM(nn.Module):
             new_states.append(state)
         return self.head(self.norm(x)) * self.logit_scale, new_states
 
-    def loss(self, input_ids: Tensor, labels: Tensor | None = None) -> Tensor:
+    def loss(self, input_ids: Tensor, labels: Tensor | None = None, resets: Tensor | None = None) -> Tensor:
         """Next-token cross-entropy; labels default to input_ids shifted left (-100 is ignored)."""
         if labels is None:
             labels = F.pad(input_ids[:, 1:], (0, 1), value=-100)
-        return cross_entropy(self(input_ids)[0], labels)
+        return cross_entropy(self(input_ids, resets=resets)[0], labels)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,5 +1,10 @@
-"""Padded batches: rows of different lengths run as groups of equal-span rows, so no state ever sees a pad.
+"""Padded batches and packed documents: rows run as groups, so no state ever sees a pad or another document.
 
+Packed documents (resets [B, T], True at a document's first token; miras/ops/documents.py): `run_packed` runs any
+module(x, state) -> (y, state) (a layer, a mixer, the whole model) so that each document equals a call on it
+alone, and returns the states as a RowGroups (rows whose last documents ended alike share a group).
+
+Padded batches:
 An attention_mask [B, T] (1 = token, 0 = pad) in which every row's tokens are one contiguous run (left padding,
 right padding, or none) splits the batch into groups of rows whose tokens sit at the same columns. Each group runs
 unpadded, from its own states, and keeps its own states: a RowGroups. Later calls given a RowGroups run every group
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..ops.documents import check_resets, run_documents
 from ..spec.errors import require
 from .state_tree import map_tensors
 
@@ -102,3 +108,28 @@ def grouped_forward(model, input_ids: Tensor, attention_mask: Tensor | None, gro
     if logits is None:  # no row had a token
         logits = model.head.weight.new_zeros(B, T, model.config.vocab_size)
     return logits, RowGroups(new_rows, new_states)
+
+
+def run_packed(module, x: Tensor, resets: Tensor, states=None):
+    """module(x, state) -> (y, state) on x [B, T, ...] whose rows hold documents marked by resets [B, T] (True at a
+    document's first token): (y [B, T, ...], RowGroups). Every document runs as it would alone, from the module's
+    fresh state (state None), except a row's first document without a reset at t = 0, which continues the row's
+    state (states: one state for every row, a RowGroups, or None)."""
+    B, T = x.shape[:2]
+    resets = check_resets(resets, B, T)
+    groups = states if isinstance(states, RowGroups) else RowGroups.whole(B, states, x.device)
+    require(groups.batch == B, "x batch", B, f"{groups.batch}, the rows of the states given")
+    if T == 0:
+        return module(x, states if not isinstance(states, RowGroups) else None)[0], groups
+    y, new_rows, new_states = None, [], []
+    for rows, states in zip(groups.rows, groups.states):
+        def run(inputs, state):
+            out, state = module(inputs[0], state)
+            return [out], state
+        (part,), finals = run_documents(run, [x[rows]], resets[rows.cpu()], states, _take)
+        y = part.new_zeros(B, *part.shape[1:]) if y is None else y
+        y = y.index_copy(0, rows, part)
+        for sub, state in finals:
+            new_rows.append(rows[sub.to(rows.device)])
+            new_states.append(state)
+    return y, RowGroups(new_rows, new_states)

@@ -15,10 +15,11 @@ from ..spec import MirasSpec, bias, optim
 from ..spec.errors import require
 from .attention import causal_attention
 from .delta import chunk_gated_delta_rule
+from .documents import check_resets, run_documents
 from .minibatch import chunk_minibatch
 from .reference import recurrent_reference
 from .ssd import chunk_gla
-from .state import MemoryState, check_inputs, check_tensors, initial_state
+from .state import MemoryState, RaggedState, check_inputs, check_tensors, initial_state
 
 MODES = ("auto", "reference", "chunked")
 CHECK_FINITE_ENV = "MIRAS_CHECK_FINITE"   # =1: report NaN / Inf in every op's inputs, outputs and states
@@ -71,8 +72,8 @@ def first_nonfinite_token(*xs: Tensor) -> int | None:
 
 
 def memory_op(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor] | None = None,
-              state: MemoryState | None = None, mode: str = "auto", checkpoint_chunks: int = 0
-              ) -> tuple[Tensor, MemoryState]:
+              state: MemoryState | None = None, mode: str = "auto", checkpoint_chunks: int = 0,
+              resets: Tensor | None = None, W0: dict[str, Tensor] | None = None) -> tuple[Tensor, MemoryState]:
     """q, k: [B, T, H, d_k]; v: [B, T, H, d_v]; gates: spec.gates -> [B, T, H]; state: MemoryState
     (None: zeros, for matrix memories and attention). Returns (y [B, T, H, d_v], final state), equal to
     `recurrent_reference` with the same arguments whatever the mode.
@@ -82,27 +83,65 @@ def memory_op(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[str,
     first such token: a chunked op would otherwise spread it back to the start of t's chunk), so the first
     non-finite output is at the first bad token. With MIRAS_CHECK_FINITE=1 in the environment, NaN / Inf in the
     inputs, the start state, the output or the final state raise FloatingPointError naming the tensor, the
-    index and the first bad token (docs/ops/ssd.md, "Non-finite inputs")."""
+    index and the first bad token (docs/ops/ssd.md, "Non-finite inputs").
+
+    Packed documents (documents.py): resets [B, T] bool, True at a document's first token, where the memory
+    restarts from W0 ([H, out, in], as `initial_state` takes it; None: zeros, for matrix memories and attention).
+    Outputs, gradients and the final state equal one call per document; the final state is each row's after its
+    last token (rows of the mini-batch engine must then end at the same offset of their chunk grids)."""
     checking = os.environ.get(CHECK_FINITE_ENV) == "1"
     if checking:
         check_finite("memory_op input", {"q": q, "k": k, "v": v, **(gates or {}),
                                          **(state.tensors() if state is not None else {})},
                      per_token=("q", "k", "v", *(gates or {})))
-    y, final = _memory_op(spec, q, k, v, gates, state, mode, checkpoint_chunks)
+    y, final = _memory_op(spec, q, k, v, gates, state, mode, checkpoint_chunks, resets, W0)
     if checking:
         check_finite("memory_op output", {"y": y, **final.tensors()}, per_token=("y",))
     return y, final
 
 
-def _memory_op(spec, q, k, v, gates, state, mode, checkpoint_chunks):
+def _memory_op(spec, q, k, v, gates, state, mode, checkpoint_chunks, resets=None, W0=None):
     require(mode in MODES, "mode", mode, f"one of {MODES}", "'auto' picks the fastest exact path")
     gates = gates or {}
+    if isinstance(state, RaggedState):                 # rows at different points of their grids: one call per part
+        y, finals = None, []
+        for rows, part in state.parts:
+            r = rows.to(q.device)
+            y_part, final = _memory_op(spec, q[r], k[r], v[r], {n: g[r] for n, g in gates.items()}, part, mode,
+                                       checkpoint_chunks, None if resets is None else resets[rows.to(resets.device)], W0)
+            y = y_part.new_empty(q.shape[0], *y_part.shape[1:]) if y is None else y
+            y = y.index_copy(0, r, y_part)
+            finals.append((rows, final))
+        return y, MemoryState.stack_rows(finals)
     op = "reference" if mode == "reference" else select_op(spec)
     require(not (mode == "chunked" and op == "reference"), "mode", mode, f"'auto' or 'reference' for {spec}",
             "per-channel decay with a non-dot-product bias has no chunked form yet")
     if state is not None:
         check_tensors({"q": q, **{f"state.{n}": t for n, t in state.tensors().items()}})
     check_inputs(spec, q, k, v, gates)
+    B, T, H, d_k = k.shape
+    if resets is not None:
+        resets = check_resets(resets, B, T)
+        require(W0 is not None or spec.memory.is_matrix or isinstance(spec.algorithm, optim.NonParametric), "W0",
+                None, f"the memory at a document start for {spec.memory}", "pass W0 (e.g. the layer's W0)")
+    if resets is not None and T and (resets[:, 1:].any() or (state is not None and resets[:, 0].any())):
+        names = list(gates)
+
+        def run(inputs, sub_state):
+            if sub_state is None:
+                sub_state = initial_state(spec, inputs[0].shape[0], W0, heads=H, d_k=d_k, d_v=v.shape[-1],
+                                          dtype=q.dtype, device=q.device)
+            y, final = _split_nonfinite(op, spec, *inputs[:3], dict(zip(names, inputs[3:])), sub_state,
+                                        checkpoint_chunks)
+            return [y], final
+        (y,), finals = run_documents(run, [q, k, v, *gates.values()], resets, state, lambda s, rows: s.rows(rows))
+        return y, MemoryState.stack_rows(finals)
+    if state is None and W0 is not None:
+        state = initial_state(spec, B, W0)
+    return _split_nonfinite(op, spec, q, k, v, gates, state, checkpoint_chunks)
+
+
+def _split_nonfinite(op, spec, q, k, v, gates, state, checkpoint_chunks):
     t = first_nonfinite_token(q, k, v)
     if t:                                 # exact and finite up to t, whatever the op's chunking
         before, after = ({n: g[:, s] for n, g in gates.items()} for s in (slice(0, t), slice(t, None)))

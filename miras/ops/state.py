@@ -38,6 +38,64 @@ class MemoryState:
             out.update({f"{prefix}.{n}": t for n, t in (group or {}).items()})
         return out
 
+    def groups(self) -> dict[str, dict[str, Tensor] | None]:
+        return {"A": self.A, "S": self.S, "anchor": self.anchor, "start": self.start}
+
+    def rows(self, index: Tensor) -> "MemoryState":
+        """The batch rows `index` (int64 [n]) of every tensor."""
+        def take(group):
+            return None if group is None else {n: t[index.to(t.device)] for n, t in group.items()}
+        return MemoryState(**{name: take(g) for name, g in self.groups().items()}, offset=self.offset)
+
+    @staticmethod
+    def stack_rows(parts: list[tuple[Tensor, "MemoryState"]]) -> "MemoryState | RaggedState":
+        """One state from (rows, state of those rows) parts that cover rows 0..B-1 once: a MemoryState where the
+        parts agree on the open chunk (offset, which of S / anchor / start they carry) and, for attention, the
+        cache length; a RaggedState of the parts otherwise."""
+        parts = [(rows, p) for rows, s in parts for rows, p in _flat_parts(rows, s)]
+        states = [s for _, s in parts]
+        shapes = {(s.offset, *(tuple(t.shape[1:]) for t in s.tensors().values()), *s.tensors()) for s in states}
+        if len(shapes) > 1:
+            return RaggedState(parts)
+        order = torch.argsort(torch.cat([rows for rows, _ in parts]))
+
+        def cat(name):
+            if states[0].groups()[name] is None:
+                return None
+            return {n: torch.cat([s.groups()[name][n] for s in states])[order.to(states[0].A[n].device)]
+                    for n in states[0].groups()[name]}
+        return MemoryState(**{name: cat(name) for name in ("A", "S", "anchor", "start")}, offset=states[0].offset)
+
+
+def _flat_parts(rows: Tensor, state) -> list[tuple[Tensor, MemoryState]]:
+    """(rows, state) with a RaggedState's parts mapped to the given rows."""
+    if isinstance(state, RaggedState):
+        return [(rows[r], s) for r, s in state.parts]
+    return [(rows, state)]
+
+
+@dataclass
+class RaggedState:
+    """The state of rows that stopped at different points of their chunk grids (or, for attention, with caches of
+    different lengths) after a call with packed documents: parts of (rows int64 [n], MemoryState of those rows),
+    covering every row once. memory_op continues it (one call per part); a single MemoryState cannot hold it."""
+
+    parts: list[tuple[Tensor, MemoryState]]
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {f"part{i}.{n}": t for i, (_, s) in enumerate(self.parts) for n, t in s.tensors().items()}
+
+    def rows(self, index: Tensor) -> "MemoryState | RaggedState":
+        """The batch rows `index` (int64 [n]), in that order."""
+        index = index.cpu()
+        picked = []
+        for rows, s in self.parts:
+            hit = (rows[None, :] == index[:, None])          # [n, part rows]
+            where, local = hit.nonzero(as_tuple=True)
+            if len(where):
+                picked.append((where, s.rows(local)))
+        return MemoryState.stack_rows(picked)
+
 
 def initial_state(spec: MirasSpec, batch: int, W0: dict[str, Tensor] | None = None, *, heads: int | None = None,
                   d_k: int | None = None, d_v: int | None = None, dtype=torch.float32, device=None) -> MemoryState:

@@ -26,6 +26,8 @@ class DataConfig:
     tokenizer: str = "byte"           # "byte" or "bpe" (trained on the train split, saved in the run folder)
     bpe_vocab: int = 4096
     seq_len: int = 256
+    documents: str = "reset"          # text: "reset" (the memory restarts at every document's first token, eos,
+                                      # so a window that packs documents equals each alone) or "stream"
     val_fraction: float = 0.1
     mqar_pairs: int = 16              # task=mqar: key-value pairs per sequence
     mqar_vocab: int = 256             # task=mqar: vocabulary (keys: lower half, values: upper half)
@@ -102,6 +104,8 @@ class RunConfig:
             ("optim.clip", o.clip, o.clip >= 0, ">= 0 (0 disables)"),
             ("data.seq_len", d.seq_len, d.seq_len >= 2, ">= 2"),
             ("data.tokenizer", d.tokenizer, d.tokenizer in ("byte", "bpe"), "'byte' or 'bpe'"),
+            ("data.documents", d.documents, d.documents in ("reset", "stream"),
+             "'reset' (each document from a fresh state) or 'stream' (windows read across documents)"),
             ("run.device", r.device, r.device in ("auto", "cpu", "cuda"), "auto | cpu | cuda"),
             ("run.amp", r.amp, r.amp in ("bf16", "fp16", "none"), "bf16 | fp16 | none"),
             ("run.on_nan", r.on_nan, r.on_nan in ("stop", "skip"), "stop | skip"),
@@ -366,6 +370,8 @@ def saved_run_config(run_dir: str | Path) -> dict:
             "the config.json `miras train` writes (sections model, data, optim, run)",
             "start a fresh run in another run.out_dir")
     data = {k: v for k, v in data.items() if k != "resolved_model"}
+    if isinstance(data.get("data"), dict):
+        data["data"].setdefault("documents", "stream")    # runs from before data.documents read across documents
     dropped = ("vocab_size", *SIZE_FIXED) if data.get("size", "small") else ("vocab_size",)
     data["model"] = {k: v for k, v in data["model"].items() if k not in dropped}
     return data

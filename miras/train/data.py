@@ -23,6 +23,11 @@ class RunData:
     vocab_size: int
     tokenizer_name: str
     unigram_loss: float                        # nats/token of the unigram model of the train split
+    document_start: int | None = None          # the token that starts a document (eos), when states reset there
+
+    def resets(self, inputs):
+        """resets [B, T] (True at every document's first token) for a batch of inputs, or None."""
+        return None if self.document_start is None else inputs == self.document_start
 
 
 def _tokenizer(cfg: RunConfig, run_dir: Path, train_docs, write: bool):
@@ -75,4 +80,5 @@ def build_data(cfg: RunConfig, run_dir: Path, rank: int, world: int, write: bool
         train=LMBatches(train_tokens, d.seq_len, o.batch_size, seed, rank=rank, world_size=world),
         val_batches=lambda: val_batches(val_tokens, d.seq_len, o.batch_size, cfg.run.eval_batches),
         vocab_size=tok.vocab_size, tokenizer_name=tok.name,
-        unigram_loss=unigram_entropy(train_tokens, tok.vocab_size))
+        unigram_loss=unigram_entropy(train_tokens, tok.vocab_size),
+        document_start=tok.eos_id if d.documents == "reset" else None)

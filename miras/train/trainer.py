@@ -239,13 +239,19 @@ def rank_param_divergence(model: torch.nn.Module) -> float:
     return worst.item()
 
 
+def _on(t, device):
+    return None if t is None else t.to(device)
+
+
 @torch.no_grad()
-def evaluate(model, batches, device, autocast) -> float:
+def evaluate(model, batches, device, autocast, resets=lambda inputs: None) -> float:
+    """Mean validation loss; resets(inputs) -> the batch's document starts (RunData.resets) or None."""
     model.eval()
     total, count = 0.0, 0
     for inputs, labels in batches:
         with autocast:
-            total += cross_entropy(model(inputs.to(device))[0], labels.to(device)).item() * labels.numel()
+            logits = model(inputs.to(device), resets=_on(resets(inputs), device))[0]
+            total += cross_entropy(logits, labels.to(device)).item() * labels.numel()
         count += labels.numel()
     model.train()
     return total / max(count, 1)
@@ -338,7 +344,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
             sync = micro == o.grad_accum - 1 or d.world == 1 or cfg.run.fsdp
             try:
                 with autocast, (nullcontext() if sync else wrapped.no_sync()):
-                    loss = cross_entropy(step_fn(inputs.to(device))[0], labels.to(device))
+                    logits = step_fn(inputs.to(device), resets=_on(data.resets(inputs), device))[0]
+                    loss = cross_entropy(logits, labels.to(device))
                     scaler.scale(loss / o.grad_accum).backward()
             except ConfigError as err:      # e.g. a gate-range check tripped by NaN weights: a non-finite model
                 if _finite(model):
@@ -379,7 +386,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
                   f"{last['tokens_per_s']:.0f} tok/s  eta {eta / 60:.1f} min", flush=True)
             log.write(last)
         if step % cfg.run.eval_every == 0 or step == o.steps or out_of_time:
-            val = evaluate(model, data.val_batches(), device, autocast)
+            val = evaluate(model, data.val_batches(), device, autocast, data.resets)
             if d.main:
                 print(f"step {step}  val_loss {val:.4f}  (unigram baseline {data.unigram_loss:.4f})", flush=True)
                 log.write({"kind": "val", "step": step, "val_loss": val, "elapsed_s": elapsed,
