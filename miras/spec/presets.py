@@ -124,9 +124,10 @@ def yaad():
 
 @_preset("memora", "memory", "Behrouz et al. 2025 (MIRAS)")
 def memora():
-    """W_t = softmax(alpha_t log W_{t-1} - eta_t grad ||M(k_t) - v_t||^2) at a chunk's last token; inside it
-    linear: W_t = W_s + J(A_t - A_s), J the row softmax's Jacobian at a uniform row (A: the logits)"""
-    return MirasSpec(deep_memory(), L2(), KLSoftmax(), GD(), chunk_size=16)
+    """W_t = c softmax(alpha_t log W_{t-1} - eta_t grad ||M(k_t) - v_t||^2) at a chunk's last token, c = n_in (MIRAS
+    Eq. 21's scale: rows sum to their length, entries O(1)); inside it linear: W_t = W_s + J(A_t - A_s), J the
+    Jacobian of c softmax at a uniform row (A: the logits)"""
+    return MirasSpec(deep_memory(), L2(), KLSoftmax(scale="n_in"), GD(), chunk_size=16)
 
 
 for _name, _base, _block in [("titans-mac", "titans-lmm", "titans-mac"), ("titans-mag", "titans-lmm", "titans-mag"),

@@ -25,6 +25,7 @@ from torch import Tensor
 from .errors import require
 
 BOUNDARY_RULES = ("chunk-end", "every-token")
+SOFTMAX_SCALES = ("n_in", "sqrt_n_in")   # KLSoftmax.scale by name: c = row length, c = sqrt(row length)
 
 
 def _check_rule(rule: str) -> None:
@@ -168,18 +169,22 @@ class LqNormalization:
 
 @dataclass(frozen=True)
 class KLSoftmax:
-    """Memora: W_t = softmax(alpha_t log W_{t-1} - eta_t g_t), rows of every weight on the simplex.
+    """Memora: W_t = c softmax(alpha_t log W_{t-1} - eta_t g_t), rows of every weight on the simplex scaled by c.
 
-    Written as decay on logits: A_t = alpha_t A_{t-1} + S_t, W = softmax_rows(A). Softmax is
-    invariant to a per-row constant, so carrying A instead of log W changes nothing (see docs).
-    Inside a chunk the map is linear (MIRAS section 5.4), W_t = softmax(A_s) + J(A_t - A_s), with
-    in_chunk="jacobian": J(D) = (D - rowmean D) / in, the softmax Jacobian at a uniform row (rows keep
-    summing to 1), or in_chunk="identity": J(D) = D (the paper's literal linear form, badly scaled:
+    MIRAS Eq. 21: the KL retention keeps W in {W >= 0, ||W||_1 = c}, so the update is c Softmax(...), applied
+    per row (per slice) of each weight matrix. c (`scale`): a number, or "n_in" (c = the row length, entries O(1):
+    the memory starts as a unit-scale MLP rather than a near-constant one) or "sqrt_n_in" (c = sqrt(row length)).
+    Written as decay on logits: A_t = alpha_t A_{t-1} + S_t, W = c softmax_rows(A). Softmax is invariant to a
+    per-row constant (log c included), so carrying A instead of log W changes nothing (see docs).
+    Inside a chunk the map is linear (MIRAS section 5.4), W_t = c softmax(A_s) + J(A_t - A_s), with
+    in_chunk="jacobian": J(D) = c (D - rowmean D) / in, the Jacobian of c softmax at a uniform row (rows keep
+    summing to c), or in_chunk="identity": J(D) = D (the paper's literal linear form, badly scaled:
     logits added to probabilities). The softmax is applied at every chunk's last token.
     """
 
     in_chunk: str = "jacobian"
     boundary_at: str = "chunk-end"
+    scale: float | str = 1.0
     name: str = "kl"
     decays: bool = True
     per_channel: bool = False
@@ -192,20 +197,37 @@ class KLSoftmax:
         require(self.boundary_at == "chunk-end" or self.in_chunk == "jacobian", "retention.in_chunk", self.in_chunk,
                 "'jacobian' (the default, unused) with boundary_at='every-token'",
                 "drop in_chunk: with every-token boundaries no in-chunk map is read")
+        require(self.scale in SOFTMAX_SCALES or (isinstance(self.scale, (int, float)) and not isinstance(self.scale, bool)
+                                                 and 0 < self.scale < float("inf")),
+                "retention.scale", self.scale, f"a number > 0 or one of {SOFTMAX_SCALES}",
+                "the memora preset uses 'n_in' (MIRAS Eq. 21's c); 1.0 is the plain simplex")
 
     def describe(self) -> str:
         rule = f", {self.in_chunk} inside chunks" if self.boundary_at == "chunk-end" else ", every token"
-        return "KL -> softmax (mirror descent) + decay" + rule
+        c = "" if self.scale == 1.0 else f" (c = {self.scale})"
+        return f"KL -> softmax{c} (mirror descent) + decay" + rule
+
+    def c(self, n_in: int) -> float:
+        """The row sum c for rows of length n_in."""
+        if self.scale == "n_in":
+            return float(n_in)
+        if self.scale == "sqrt_n_in":
+            return float(n_in) ** 0.5
+        return float(self.scale)
 
     def boundary(self, A: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {name: torch.softmax(a, dim=-1) for name, a in A.items()}
+        out = {}
+        for name, a in A.items():
+            c = self.c(a.shape[-1])
+            out[name] = torch.softmax(a, dim=-1) if c == 1.0 else c * torch.softmax(a, dim=-1)
+        return out
 
     def frame(self, A: dict[str, Tensor], W: dict[str, Tensor] | None = None) -> dict[str, InChunkMap]:
         """The in-chunk maps at a chunk start A, with W = boundary(A) if already computed."""
         W = self.boundary(A) if W is None else W
         if self.in_chunk == "identity":
             return {name: InChunkMap(W[name], a, 1.0) for name, a in A.items()}
-        return {name: InChunkMap(W[name], a, 1.0 / a.shape[-1], True) for name, a in A.items()}
+        return {name: InChunkMap(W[name], a, self.c(a.shape[-1]) / a.shape[-1], True) for name, a in A.items()}
 
     def boundary_frame(self, A: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, InChunkMap]]:
         W = self.boundary(A)

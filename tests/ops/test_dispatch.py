@@ -36,8 +36,8 @@ def test_auto_equals_reference_with_gradients(name):
     torch.testing.assert_close(y1, y0, rtol=1e-9, atol=1e-10)
     for n in A0:
         torch.testing.assert_close(A1[n], A0[n], rtol=1e-9, atol=1e-10)
-    for a, b in zip(g1, g0):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    for a, b in zip(g1, g0):   # relative RMS error, as the engine tests (single entries may cancel)
+        assert ((a - b).norm() / b.norm().clamp_min(1e-30)).item() <= 1e-9
 
 
 def test_per_channel_l2_has_no_chunked_form_and_says_so():

@@ -16,14 +16,16 @@ from miras.spec.optim import GD
 def in_chunk_weights(retention, A, start):
     """MIRAS section 5.4, written out here: inside a chunk Moneta keeps the chunk start's normalizer
     (A_t / ||A_s||_q^(q-2), ||.||_q^q smoothed as sum (a^2 + eps)^(q/2)) and Memora the linear map
-    softmax(A_s) + (D - rowmean D) / n_in with D = A_t - A_s; decays read A_t itself."""
+    c softmax(A_s) + c (D - rowmean D) / n_in with D = A_t - A_s; decays read A_t itself."""
     if isinstance(retention, retentions.LqNormalization):
         norm = {n: (a * a + retention.eps).pow(retention.q / 2).sum((-2, -1), keepdim=True) ** (1 / retention.q)
                 for n, a in start.items()}
         return {n: A[n] / norm[n] ** (retention.q - 2) for n in A}
     if isinstance(retention, retentions.KLSoftmax):
         D = {n: A[n] - start[n] for n in A}
-        return {n: torch.softmax(start[n], -1) + (D[n] - D[n].mean(-1, keepdim=True)) / D[n].shape[-1] for n in A}
+        c = {n: retention.c(D[n].shape[-1]) for n in A}
+        return {n: c[n] * torch.softmax(start[n], -1) + c[n] * (D[n] - D[n].mean(-1, keepdim=True)) / D[n].shape[-1]
+                for n in A}
     return retention.boundary(A)
 
 
