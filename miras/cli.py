@@ -52,11 +52,17 @@ def _device(text: str) -> str:
 
 def _presets(args) -> None:
     from .spec import get_preset, list_presets
+    if args.name:
+        from .spec.tables import preset_toml
+        print(preset_toml(args.name), end="")
+        return
     for name in list_presets():
         p = get_preset(name)
         ax = p.spec.axes()
         print(f"{name:17s} block={p.block:11s} memory={ax['memory']} | bias={ax['bias']} | "
               f"retention={ax['retention']} | algorithm={ax['algorithm']} | chunk={p.spec.chunk_size}")
+    print("\n`miras presets NAME` prints a preset's spec as a config file: edit any axis or parameter, then "
+          "`miras train --config FILE`")
 
 
 def _demo(args) -> None:
@@ -164,7 +170,10 @@ def _plot(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="miras", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("presets", help="list the named models and their four axes").set_defaults(fn=_presets)
+    presets = sub.add_parser("presets", help="list the named models and their four axes; with a NAME, its spec as a "
+                             "config file to edit")
+    presets.add_argument("name", nargs="?", default=None, help="a preset: print its spec as a TOML model section")
+    presets.set_defaults(fn=_presets)
     demo = sub.add_parser("demo", help="run every preset's recurrent reference on a random batch")
     demo.add_argument("--seqlen", type=int, default=64)
     demo.add_argument("--heads", type=int, default=2)

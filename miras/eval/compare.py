@@ -52,9 +52,9 @@ class CompareConfig:
         """Every flag checked, and every preset's RunConfig built (its checks: model size, MQAR sizes, ...), before
         anything is trained or written."""
         require(isinstance(self.presets, list) and len(self.presets) >= 1, "--presets", self.presets,
-                "one or more preset names", "e.g. --presets mamba2,moneta")
+                "one or more preset names or model config files", "e.g. --presets mamba2,moneta,my-model.toml")
         for name in self.presets:
-            get_preset(name)  # ConfigError listing the valid names
+            model_fields(name)  # ConfigError listing the valid names, or naming the file
         for name in ("seq_len", "pairs", "vocab", "d_model", "heads", "n_layers", "chunk_size", "steps", "batch_size",
                      "eval_n"):
             value = getattr(self, name)
@@ -69,14 +69,40 @@ class CompareConfig:
             run_config(self, preset)
 
 
-def run_config(c: CompareConfig, preset: str) -> RunConfig:
-    model = MirasConfig(preset=preset, vocab_size=c.vocab, d_model=c.d_model, heads=c.heads, n_layers=c.n_layers,
-                        chunk_size=c.chunk_size, window=c.seq_len, segment=c.seq_len // 2, d_state=32)
+CONFIG_SUFFIXES = (".toml", ".json", ".yaml", ".yml")
+SIZE_FIELDS = ("vocab_size", "d_model", "heads", "n_layers", "head_dim")
+
+
+def label(entry: str) -> str:
+    """A --presets entry's name in the table and its run folder: the preset, or the config file's stem."""
+    return Path(entry).stem if entry.endswith(CONFIG_SUFFIXES) else entry
+
+
+def model_fields(entry: str) -> dict:
+    """The model of a --presets entry, without the sizes every model shares: {"preset": name} for a preset, a
+    config file's model section (preset, spec, layer_pattern, ...) for a .toml / .json / .yaml path (a spec or
+    chunk_size it sets is kept; otherwise --chunk-size applies)."""
+    if not entry.endswith(CONFIG_SUFFIXES):
+        get_preset(entry)
+        return {"preset": entry}
+    from ..train.config import read_config_file
+    model = read_config_file(entry).get("model")
+    require(isinstance(model, dict) and "preset" in model, "--presets", entry,
+            "a config file with a [model] section naming a preset (and its spec)", "see `miras presets NAME`")
+    return {k: v for k, v in model.items() if k not in SIZE_FIELDS}
+
+
+def run_config(c: CompareConfig, entry: str) -> RunConfig:
+    fields = model_fields(entry)
+    own_chunk = "chunk_size" in fields or "chunk_size" in (fields.get("spec") or {})
+    model = MirasConfig(**{"vocab_size": c.vocab, "d_model": c.d_model, "heads": c.heads, "n_layers": c.n_layers,
+                           "chunk_size": None if own_chunk else c.chunk_size, "window": c.seq_len,
+                           "segment": c.seq_len // 2, "d_state": 32, **fields})
     return RunConfig(
         model=model, size="",
         data=DataConfig(task="mqar", seq_len=c.seq_len, mqar_pairs=c.pairs, mqar_vocab=c.vocab),
         optim=OptimConfig(lr=c.lr, steps=c.steps, batch_size=c.batch_size, warmup_steps=min(50, c.steps // 10)),
-        run=RunOptions(out_dir=str(Path(c.out_dir) / preset), seed=c.seed, log_every=max(1, c.steps // 10),
+        run=RunOptions(out_dir=str(Path(c.out_dir) / label(entry)), seed=c.seed, log_every=max(1, c.steps // 10),
                        eval_every=c.steps, save_every=c.steps, keep_last=1, threads=c.threads,
                        max_minutes=c.minutes))
 
@@ -106,11 +132,11 @@ def compare(c: CompareConfig) -> list[dict]:
     out = Path(c.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for preset in c.presets:
-        print(f"== {preset}", flush=True)
-        summary = train(run_config(c, preset), overwrite=True)   # a rerun replaces its own earlier results
-        model, _, _ = load_run(Path(c.out_dir) / preset)
-        rows.append({"preset": preset, "params": model.num_parameters(),
+    for entry in c.presets:
+        print(f"== {label(entry)}", flush=True)
+        summary = train(run_config(c, entry), overwrite=True)   # a rerun replaces its own earlier results
+        model, _, _ = load_run(Path(c.out_dir) / label(entry))
+        rows.append({"preset": label(entry), "params": model.num_parameters(),
                      f"state@{c.seq_len}": state_floats(model, c.seq_len, c.vocab), "steps": summary["steps"],
                      "train_s": round(summary["elapsed_s"], 1), "train_tok_s": round(summary["tokens_per_s"]),
                      "loss": round(summary["loss"], 4), **evaluate_mqar(model, c)})

@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
-from ..spec import get_preset
+from ..spec import MirasSpec, get_preset
 from ..spec.errors import require
+from ..spec.tables import merge_spec, spec_from_dict, spec_to_dict
 
 MIXERS = ("attention", "swa", "memory", "mamba2", "ttt", "memory+swa", "titans-mal", "titans-mag", "titans-mac")
 
@@ -14,7 +15,10 @@ MIXERS = ("attention", "swa", "memory", "mamba2", "ttt", "memory+swa", "titans-m
 class MirasConfig:
     """The language model: embedding -> n_layers x (pre-norm mixer + pre-norm SwiGLU) -> norm -> tied head.
 
-    preset: the memory spec of every "memory"-like mixer (see `miras presets`).
+    preset: the memory spec of every "memory"-like mixer and the block around it (see `miras presets`).
+    spec: changes to the preset's spec, as tables per axis (miras/spec/tables.py), e.g. {"bias": "huber",
+        "retention": {"q": 3}}: any point of the design space in the preset's block. to_dict() writes the
+        whole resolved spec, so a saved config names every parameter of its model.
     layer_pattern: mixer names repeated cyclically over the layers (e.g. ["memory", "memory", "swa"]);
         None = the preset's own block.
     window: sliding-window size of "swa" / hybrid attention. segment: Titans MAC segment length.
@@ -37,6 +41,7 @@ class MirasConfig:
     persistent_tokens: int | None = None
     segment: int = 64
     chunk_size: int | None = None
+    spec: dict | None = None
     gate_rank: int = 32
     d_state: int = 64
     norm_eps: float = 1e-6
@@ -65,6 +70,7 @@ class MirasConfig:
         for mixer in self.pattern:
             require(mixer in MIXERS, "layer_pattern", mixer, f"mixers from {MIXERS}",
                     "e.g. layer_pattern=['memory', 'memory', 'swa']")
+        self.memory_spec    # the spec's checks (unknown names, parameters, combinations) fail here
 
     @property
     def pattern(self) -> list[str]:
@@ -73,12 +79,19 @@ class MirasConfig:
         return [base[i % len(base)] for i in range(self.n_layers)]
 
     @property
-    def spec(self):
+    def memory_spec(self) -> MirasSpec:
+        """The MirasSpec of the memory mixers: the preset's, changed by `spec`, with `chunk_size` if given."""
         spec = get_preset(self.preset).spec
+        if self.spec:
+            spec = spec_from_dict(merge_spec(spec_to_dict(spec), self.spec))
         return spec.with_chunk_size(self.chunk_size) if self.chunk_size else spec
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "spec": spec_to_dict(self.memory_spec)}
+
+    def __eq__(self, other) -> bool:
+        """Equal when they build the same model (a spec given as changes equals the same spec written out)."""
+        return isinstance(other, MirasConfig) and self.to_dict() == other.to_dict()
 
     @classmethod
     def from_dict(cls, data: dict) -> "MirasConfig":

@@ -21,7 +21,7 @@ def build_mixer(config: MirasConfig, kind: str) -> nn.Module:
         return Attention(c.d_model, c.heads, head_dim=c.head_dim, window=window, persistent_tokens=c.persistent_tokens)
 
     def memory(persistent_tokens=0):
-        return MemoryLayer(c.spec, c.d_model, c.heads, head_dim=c.head_dim, gate_rank=c.gate_rank,
+        return MemoryLayer(c.memory_spec, c.d_model, c.heads, head_dim=c.head_dim, gate_rank=c.gate_rank,
                            checkpoint_chunks=c.checkpoint_chunks, persistent_tokens=persistent_tokens,
                            ttt_base_lr=get_preset(c.preset).ttt_base_lr)
 

@@ -11,7 +11,7 @@ the loss that is reported and the gradient the memory steps on never disagree.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -28,8 +28,8 @@ def smooth_abs(r: Tensor, eps: float) -> Tensor:
 class DotProduct:
     """l = -<M(k), v>; the gradient -v does not depend on the memory (linear attention, SSD)."""
 
-    name: str = "dot"
-    needs_delta: bool = False
+    name: str = field(default="dot", init=False)
+    needs_delta: bool = field(default=False, init=False)
 
     def describe(self) -> str:
         return "-<M(k), v>"
@@ -45,8 +45,8 @@ class DotProduct:
 class L2:
     """l = ||M(k) - v||^2 (gradient 2r). The exact delta rule steps on half of it."""
 
-    name: str = "l2"
-    needs_delta: bool = False
+    name: str = field(default="l2", init=False)
+    needs_delta: bool = field(default=False, init=False)
 
     def describe(self) -> str:
         return "||M(k) - v||^2"
@@ -68,8 +68,8 @@ class Lp:
 
     p: float = 3.0
     eps: float = 1e-6
-    name: str = "lp"
-    needs_delta: bool = False
+    name: str = field(default="lp", init=False)
+    needs_delta: bool = field(default=False, init=False)
 
     def __post_init__(self):
         require(self.p >= 1.0, "bias.p", self.p, "p >= 1", "Moneta uses p = 3")
@@ -109,8 +109,8 @@ class Huber:
 
     form: str = "norm"
     eps: float = 1e-6
-    name: str = "huber"
-    needs_delta: bool = True
+    name: str = field(default="huber", init=False)
+    needs_delta: bool = field(default=True, init=False)
 
     def __post_init__(self):
         require(self.form in HUBER_FORMS, "bias.form", self.form, f"one of {HUBER_FORMS}",
@@ -165,8 +165,8 @@ class ValueShiftRobustL2:
 
     shift: float = 0.1
     eps: float = 1e-6
-    name: str = "robust-l2"
-    needs_delta: bool = False
+    name: str = field(default="robust-l2", init=False)
+    needs_delta: bool = field(default=False, init=False)
 
     def __post_init__(self):
         require(self.shift >= 0, "bias.shift", self.shift, ">= 0", "0 gives plain L2")

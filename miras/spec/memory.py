@@ -13,7 +13,7 @@ and it is part of the forward graph (outer gradients flow through it: second ord
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -210,8 +210,8 @@ def matrix() -> MLPMemory:
 class NonParametric:
     """No weights: the memory is the KV cache and reading it is softmax attention."""
 
-    kind: str = "nonparametric"
-    is_matrix: bool = False
+    kind: str = field(default="nonparametric", init=False)
+    is_matrix: bool = field(default=False, init=False)
 
     def describe(self) -> str:
         return "KV cache (non-parametric)"

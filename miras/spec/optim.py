@@ -8,13 +8,13 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class GD:
-    name: str = "gd"
-    momentum: bool = False
+    name: str = field(default="gd", init=False)
+    momentum: bool = field(default=False, init=False)
 
     def describe(self) -> str:
         return "GD"
@@ -22,8 +22,8 @@ class GD:
 
 @dataclass(frozen=True)
 class Momentum:
-    name: str = "momentum"
-    momentum: bool = True
+    name: str = field(default="momentum", init=False)
+    momentum: bool = field(default=True, init=False)
 
     def describe(self) -> str:
         return "GD + momentum"
@@ -31,8 +31,8 @@ class Momentum:
 
 @dataclass(frozen=True)
 class Delta:
-    name: str = "delta"
-    momentum: bool = False
+    name: str = field(default="delta", init=False)
+    momentum: bool = field(default=False, init=False)
 
     def describe(self) -> str:
         return "exact delta rule"
@@ -40,8 +40,8 @@ class Delta:
 
 @dataclass(frozen=True)
 class NonParametric:
-    name: str = "attention"
-    momentum: bool = False
+    name: str = field(default="attention", init=False)
+    momentum: bool = field(default=False, init=False)
 
     def describe(self) -> str:
         return "softmax attention"

@@ -17,7 +17,7 @@ the per-token equations. Maps act per weight matrix and per head: A name -> [...
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -89,10 +89,10 @@ class _LqScale(torch.autograd.Function):
 class NoRetention:
     """alpha = 1: nothing is forgotten (linear attention, DeltaNet, TTT)."""
 
-    name: str = "none"
-    decays: bool = False
-    per_channel: bool = False
-    identity_boundary: bool = True
+    name: str = field(default="none", init=False)
+    decays: bool = field(default=False, init=False)
+    per_channel: bool = field(default=False, init=False)
+    identity_boundary: bool = field(default=True, init=False)
 
     def describe(self) -> str:
         return "none"
@@ -111,9 +111,9 @@ class Decay:
 
     per_channel: bool = False
     data_dependent: bool = True
-    name: str = "decay"
-    decays: bool = True
-    identity_boundary: bool = True
+    name: str = field(default="decay", init=False)
+    decays: bool = field(default=True, init=False)
+    identity_boundary: bool = field(default=True, init=False)
 
     def describe(self) -> str:
         kind = "per-channel" if self.per_channel else "scalar"
@@ -135,10 +135,10 @@ class LqNormalization:
     q: float = 4.0
     eps: float = 1e-6
     boundary_at: str = "chunk-end"
-    name: str = "lq"
-    decays: bool = True
-    per_channel: bool = False
-    identity_boundary: bool = False
+    name: str = field(default="lq", init=False)
+    decays: bool = field(default=True, init=False)
+    per_channel: bool = field(default=False, init=False)
+    identity_boundary: bool = field(default=False, init=False)
 
     def __post_init__(self):
         require(self.q >= 2.0, "retention.q", self.q, "q >= 2", "Moneta uses q = 4; q = 2 is plain decay")
@@ -185,10 +185,10 @@ class KLSoftmax:
     in_chunk: str = "jacobian"
     boundary_at: str = "chunk-end"
     scale: float | str = 1.0
-    name: str = "kl"
-    decays: bool = True
-    per_channel: bool = False
-    identity_boundary: bool = False
+    name: str = field(default="kl", init=False)
+    decays: bool = field(default=True, init=False)
+    per_channel: bool = field(default=False, init=False)
+    identity_boundary: bool = field(default=False, init=False)
 
     def __post_init__(self):
         require(self.in_chunk in ("jacobian", "identity"), "retention.in_chunk", self.in_chunk,
@@ -245,10 +245,10 @@ class ElasticNet:
 
     lam: float = 1e-3
     boundary_at: str = "chunk-end"
-    name: str = "elastic-net"
-    decays: bool = True
-    per_channel: bool = False
-    identity_boundary: bool = False
+    name: str = field(default="elastic-net", init=False)
+    decays: bool = field(default=True, init=False)
+    per_channel: bool = field(default=False, init=False)
+    identity_boundary: bool = field(default=False, init=False)
 
     def __post_init__(self):
         require(self.lam >= 0, "retention.lam", self.lam, ">= 0", "0 gives plain decay")

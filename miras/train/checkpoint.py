@@ -148,6 +148,15 @@ def read_meta(path: str | Path) -> dict:
     return meta
 
 
+def _resolved(model_config: dict) -> dict:
+    """A checkpoint's model config as this version writes it (older ones lack the resolved spec)."""
+    from ..models.config import MirasConfig
+    try:
+        return MirasConfig.from_dict(model_config).to_dict()
+    except (ConfigError, TypeError):
+        return model_config
+
+
 def read_checkpoint(path: str | Path, expect_model_config: dict | None = None) -> tuple[dict, dict, dict]:
     """(model state dict, optimizer state dict, meta) of a checkpoint folder, every file checked: an unreadable
     or inconsistent one raises CorruptCheckpoint (a ConfigError) naming the file.
@@ -160,6 +169,7 @@ def read_checkpoint(path: str | Path, expect_model_config: dict | None = None) -
         theirs = meta.get("model_config")
         if not theirs:
             raise _corrupt(path, "meta.json has no model_config")
+        theirs = _resolved(theirs)
         if theirs != expect_model_config:
             diff = {k: (theirs.get(k), v) for k, v in expect_model_config.items() if theirs.get(k) != v}
             raise ConfigError(f"checkpoint {path} was trained with a different model config; "

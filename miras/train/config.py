@@ -337,7 +337,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         *path, last = key.split(".")
         node = data
         for part in path:
+            if isinstance(node.get(part), str):        # model.spec.bias=huber, then model.spec.bias.form=...
+                node[part] = {"name": node[part]}
             node = node.setdefault(part, {})
+            require(isinstance(node, dict), "override", item, f"a key under a table ({part} holds {node!r})")
         node[last] = value
     return data
 
