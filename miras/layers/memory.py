@@ -22,6 +22,7 @@ from ..ops import MemoryState, initial_state
 from ..ops.dispatch import memory_op
 from ..spec import MirasSpec
 from ..spec.errors import require
+from ..spec.registry import GATES
 from .conv import ShortConv
 
 
@@ -50,7 +51,8 @@ class LowRankGate(nn.Module):
 class MemoryLayer(nn.Module):
     """A memory of `spec` per head. x: [B, T, D] -> y: [B, T, D].
 
-    Gates (bounded activations; initial values in parentheses):
+    Gates (each the activation of its Gate record, spec/registry.py, of a low-rank projection of x; initial values
+    in parentheses; a gate a new choice registers needs no change here):
       lr        = lr_max * sigmoid(.)                  (lr_max * sigmoid(-2): a small first step)
       log_alpha = logsigmoid(.)                        (logsigmoid(5): retention ~ 0.993)
                   RetNet (constant decay): log(1 - 2^(-5 - h)) per head, not data-dependent
@@ -88,10 +90,11 @@ class MemoryLayer(nn.Module):
         self.beta_max = beta_max
         self.proj = nn.ModuleDict({n: nn.Linear(d_model, inner, bias=False) for n in "qkv"})
         self.conv = nn.ModuleDict({n: ShortConv(inner, conv_kernel) for n in "qkv"})
-        per = hd if spec.retention.per_channel else 1
-        init = {"lr": -2.0 if ttt_base_lr is None else 0.0, "log_alpha": 5.0, "beta": 0.5, "delta": 0.5}
+        init = {n: GATES[n].init for n in spec.gates}
+        if ttt_base_lr is not None:
+            init["lr"] = 0.0                                     # sigmoid(0) = 1/2, as in TTT's code
         data_dependent = getattr(spec.retention, "data_dependent", True)
-        self.gates = nn.ModuleDict({n: LowRankGate(d_model, heads, gate_rank, per if n == "log_alpha" else 1, init[n])
+        self.gates = nn.ModuleDict({n: LowRankGate(d_model, heads, gate_rank, hd if spec.per_channel(n) else 1, init[n])
                                     for n in spec.gates if n != "log_alpha" or data_dependent})
         if "log_alpha" in spec.gates and not data_dependent:
             self.register_buffer("const_log_alpha", torch.log1p(-torch.pow(2.0, -5.0 - torch.arange(heads).float())))
@@ -104,19 +107,13 @@ class MemoryLayer(nn.Module):
         self.persistent = nn.Parameter(torch.randn(persistent_tokens, d_model)) if persistent_tokens else None
 
     def gate_values(self, x: Tensor) -> dict[str, Tensor]:
-        """The bounded gates of x [B, T, D], each [B, T, H] (log_alpha [B, T, H, d] per channel), fp32."""
-        raw = {n: g(x).float() for n, g in self.gates.items()}
-        out = {}
-        if "lr" in raw:
-            out["lr"] = self.lr_max * torch.sigmoid(raw["lr"])
-        if "log_alpha" in self.spec.gates:
-            out["log_alpha"] = (F.logsigmoid(raw["log_alpha"]) if "log_alpha" in raw
-                                else self.const_log_alpha.expand(*x.shape[:2], self.heads))
-        if "beta" in raw:
-            out["beta"] = self.beta_max * torch.sigmoid(raw["beta"])
-        if "delta" in raw:
-            out["delta"] = F.softplus(raw["delta"]) + 1e-3
-        return out
+        """The bounded gates of x [B, T, D] (each Gate record's activation of a low-rank projection), each
+        [B, T, H] ([B, T, H, d] per channel), fp32; lr and beta scaled by lr_max and beta_max."""
+        out = {n: GATES[n].activation(g(x).float()) for n, g in self.gates.items()}
+        if "log_alpha" in self.spec.gates and "log_alpha" not in out:
+            out["log_alpha"] = self.const_log_alpha.expand(*x.shape[:2], self.heads)
+        scale = {"lr": self.lr_max, "beta": self.beta_max}
+        return {n: out[n] * scale[n] if n in scale else out[n] for n in self.spec.gates}
 
     def initial_state(self, batch: int) -> MemoryState:
         W0 = {n: w.float() for n, w in self.W0.items()}

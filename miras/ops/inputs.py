@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..spec import MirasSpec
+from ..spec.registry import GATES
 from .state import MemoryState, initial_state
 
 
@@ -25,15 +26,11 @@ def random_inputs(spec: MirasSpec, batch: int = 2, seqlen: int = 16, heads: int 
     v = rand(batch, seqlen, heads, d_v)
     deep = hasattr(spec.memory, "init_state") and not spec.memory.is_matrix
     gates = {}
-    if "lr" in spec.gates:
-        gates["lr"] = (0.1 if deep else 1.0) * torch.sigmoid(rand(batch, seqlen, heads))
-    if "log_alpha" in spec.gates:
-        shape = (batch, seqlen, heads, d_k) if spec.retention.per_channel else (batch, seqlen, heads)
-        gates["log_alpha"] = F.logsigmoid(rand(*shape) + 3.0)
-    if "beta" in spec.gates:
-        gates["beta"] = 0.9 * torch.sigmoid(rand(batch, seqlen, heads))
-    if "delta" in spec.gates:
-        gates["delta"] = F.softplus(rand(batch, seqlen, heads)) + 0.5
+    for name in spec.gates:           # a typical value of each gate (registry.Gate.sample) from N(0, 1) noise
+        shape = (batch, seqlen, heads, d_k) if spec.per_channel(name) else (batch, seqlen, heads)
+        gates[name] = GATES[name].sample(rand(*shape))
+    if "lr" in gates:
+        gates["lr"] = gates["lr"] * (0.1 if deep else 1.0)           # deep memories take smaller steps
     if deep:
         W0 = {n: w.to(dtype) for n, w in spec.memory.init_state(heads, d_k, d_v, generator=gen).items()}
         state = initial_state(spec, batch, W0)

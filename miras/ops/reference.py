@@ -63,8 +63,8 @@ def _online_gd(spec, q, k, v, gates, state):
             if framed:
                 start, frame = A, retention.frame(A, anchor)
         k_t, v_t, q_t = (x[:, t].unsqueeze(2) for x in (k, v, q))          # [B, H, 1, d]
-        delta_t = gates["delta"][:, t].unsqueeze(-1) if "delta" in gates else None
-        dpred = bias.grad(memory(anchor, k_t), v_t, delta_t)
+        own = {n: gates[n][:, t].unsqueeze(-1) for n in bias.gates}      # the bias' gates, [B, H, 1]
+        dpred = bias.grad(memory(anchor, k_t), v_t, own)
         g = {n: gt.squeeze(2) for n, gt in memory.grads(anchor, k_t, dpred).items()}
         eta = gates["lr"][:, t, :, None, None]
         if S is None:

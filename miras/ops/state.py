@@ -9,6 +9,7 @@ from torch import Tensor
 from ..spec import MirasSpec
 from ..spec.errors import require
 from ..spec.memory import NonParametric
+from ..spec.registry import GATES
 from ..spec.retention import uses_frame
 
 
@@ -145,15 +146,11 @@ def check_inputs(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[s
     B, T, H, d_k = k.shape
     for name in spec.gates:
         require(name in gates, f"gates.{name}", None, f"a tensor; this spec reads {spec.gates}")
-        g = gates[name]
-        per_channel = name == "log_alpha" and spec.retention.per_channel
-        want = (B, T, H, d_k) if per_channel else (B, T, H)
+        g, record = gates[name], GATES[name]
+        want = (B, T, H, d_k) if spec.per_channel(name) else (B, T, H)
         require(tuple(g.shape) == want, f"gates.{name}.shape", tuple(g.shape), f"{want}")
         if g.numel() == 0:
             continue
         lo, hi = g.min().item(), g.max().item()
-        ranges = {"lr": (lo >= 0, "lr >= 0"), "log_alpha": (hi <= 0 and lo > -float("inf"), "log_alpha in (-inf, 0]"),
-                  "beta": (lo >= 0 and hi < 1, "beta in [0, 1)"), "delta": (lo > 0, "delta > 0")}
-        ok, allowed = ranges[name]
-        require(ok and g.isfinite().all().item(), f"gates.{name}", f"[{lo:.4g}, {hi:.4g}]", allowed,
-                "bound the gate with softplus / sigmoid / logsigmoid in the layer")
+        require(record.within(lo, hi), f"gates.{name}", f"[{lo:.4g}, {hi:.4g}]", record.allowed,
+                "bound the gate with its activation in the layer (spec/registry.py: Gate.activation)")

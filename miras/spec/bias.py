@@ -3,7 +3,8 @@
 Each bias gives a per-token loss and its closed-form gradient with respect to the prediction
 (r = pred - v is the residual), both over the last dim:
 
-    pred, v: [..., d_v]   (delta: [...], Huber's data-dependent threshold)
+    pred, v: [..., d_v]   gates: the bias' own gates (its class attribute `gates`), each [...], e.g. Huber's
+                          data-dependent threshold delta (a Gate record, registry.py); {} or None for the others
     loss -> [...]         grad -> [..., d_v]
 
 `grad` is exactly d loss / d pred of the *smoothed* loss below (tests check it with autograd), so
@@ -14,9 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import require
+from .registry import Gate, choice, gate
 
 
 def smooth_abs(r: Tensor, eps: float) -> Tensor:
@@ -24,40 +27,43 @@ def smooth_abs(r: Tensor, eps: float) -> Tensor:
     return torch.sqrt(r * r + eps)
 
 
+@choice("bias", "dot")
 @dataclass(frozen=True)
 class DotProduct:
     """l = -<M(k), v>; the gradient -v does not depend on the memory (linear attention, SSD)."""
 
     name: str = field(default="dot", init=False)
-    needs_delta: bool = field(default=False, init=False)
+    gates = ()
 
     def describe(self) -> str:
         return "-<M(k), v>"
 
-    def loss(self, pred: Tensor, v: Tensor, delta: Tensor | None = None) -> Tensor:
+    def loss(self, pred: Tensor, v: Tensor, gates: dict[str, Tensor] | None = None) -> Tensor:
         return -(pred * v).sum(-1)
 
-    def grad(self, pred: Tensor, v: Tensor, delta: Tensor | None = None) -> Tensor:
+    def grad(self, pred: Tensor, v: Tensor, gates: dict[str, Tensor] | None = None) -> Tensor:
         return -v.expand_as(pred)
 
 
+@choice("bias", "l2")
 @dataclass(frozen=True)
 class L2:
     """l = ||M(k) - v||^2 (gradient 2r). The exact delta rule steps on half of it."""
 
     name: str = field(default="l2", init=False)
-    needs_delta: bool = field(default=False, init=False)
+    gates = ()
 
     def describe(self) -> str:
         return "||M(k) - v||^2"
 
-    def loss(self, pred: Tensor, v: Tensor, delta: Tensor | None = None) -> Tensor:
+    def loss(self, pred: Tensor, v: Tensor, gates: dict[str, Tensor] | None = None) -> Tensor:
         return (pred - v).pow(2).sum(-1)
 
-    def grad(self, pred: Tensor, v: Tensor, delta: Tensor | None = None) -> Tensor:
+    def grad(self, pred: Tensor, v: Tensor, gates: dict[str, Tensor] | None = None) -> Tensor:
         return 2.0 * (pred - v)
 
 
+@choice("bias", "lp")
 @dataclass(frozen=True)
 class Lp:
     """l = sum_i (r_i^2 + eps)^(p/2), the smoothed ||r||_p^p (Moneta, p = 3).
@@ -69,7 +75,7 @@ class Lp:
     p: float = 3.0
     eps: float = 1e-6
     name: str = field(default="lp", init=False)
-    needs_delta: bool = field(default=False, init=False)
+    gates = ()
 
     def __post_init__(self):
         require(self.p >= 1.0, "bias.p", self.p, "p >= 1", "Moneta uses p = 3")
@@ -78,17 +84,22 @@ class Lp:
     def describe(self) -> str:
         return f"||M(k) - v||_{self.p:g}^{self.p:g}"
 
-    def loss(self, pred: Tensor, v: Tensor, delta: Tensor | None = None) -> Tensor:
+    def loss(self, pred: Tensor, v: Tensor, gates: dict[str, Tensor] | None = None) -> Tensor:
         return smooth_abs(pred - v, self.eps).pow(self.p).sum(-1)
 
-    def grad(self, pred: Tensor, v: Tensor, delta: Tensor | None = None) -> Tensor:
+    def grad(self, pred: Tensor, v: Tensor, gates: dict[str, Tensor] | None = None) -> Tensor:
         r = pred - v
         return self.p * r * smooth_abs(r, self.eps).pow(self.p - 2.0)
 
 
 HUBER_FORMS = ("switch", "norm", "coord")
 
+DELTA = gate(Gate("delta", "Huber threshold, in units of one residual coordinate", 0.0, float("inf"),
+                  activation=lambda raw: F.softplus(raw) + 1e-3, init=0.5,
+                  sample=lambda noise: F.softplus(noise) + 0.5, low_open=True))
 
+
+@choice("bias", "huber")
 @dataclass(frozen=True)
 class Huber:
     """Yaad's Huber bias with threshold delta_t (a gate, > 0), in one of three forms:
@@ -110,7 +121,7 @@ class Huber:
     form: str = "norm"
     eps: float = 1e-6
     name: str = field(default="huber", init=False)
-    needs_delta: bool = field(default=True, init=False)
+    gates = ("delta",)
 
     def __post_init__(self):
         require(self.form in HUBER_FORMS, "bias.form", self.form, f"one of {HUBER_FORMS}",
@@ -121,41 +132,42 @@ class Huber:
         return {"switch": "Huber switch (L2 | delta*L1)", "norm": "Huber on ||r|| (L2 | clipped L2)",
                 "coord": "coordinate-wise Huber"}[self.form]
 
-    def _delta(self, delta: Tensor | None) -> Tensor:
-        require(delta is not None, "gates.delta", None, "a [B, T, H] tensor > 0", "Huber needs delta")
-        return delta.unsqueeze(-1)
+    def _delta(self, gates: dict[str, Tensor] | None) -> Tensor:
+        require(bool(gates) and "delta" in gates, "gates.delta", None, "a [B, T, H] tensor > 0", "Huber needs delta")
+        return gates["delta"].unsqueeze(-1)
 
     def _norm(self, r: Tensor) -> Tensor:
         return torch.sqrt(r.pow(2).sum(-1, keepdim=True) + self.eps)
 
-    def _tau(self, r: Tensor, delta: Tensor) -> Tensor:
-        return self._delta(delta) * r.shape[-1] ** 0.5
+    def _tau(self, r: Tensor, gates: dict[str, Tensor] | None) -> Tensor:
+        return self._delta(gates) * r.shape[-1] ** 0.5
 
-    def loss(self, pred: Tensor, v: Tensor, delta: Tensor | None = None) -> Tensor:
+    def loss(self, pred: Tensor, v: Tensor, gates: dict[str, Tensor] | None = None) -> Tensor:
         r = pred - v
         if self.form == "coord":
-            d = self._delta(delta)
+            d = self._delta(gates)
             return torch.where(r.abs() <= d, r * r, 2.0 * d * r.abs() - d * d).sum(-1)
         sq = r.pow(2).sum(-1, keepdim=True)
         if self.form == "norm":
-            tau = self._tau(r, delta)
+            tau = self._tau(r, gates)
             return torch.where(sq <= tau * tau, sq, 2.0 * tau * self._norm(r) - tau * tau).squeeze(-1)
-        d = self._delta(delta)
+        d = self._delta(gates)
         return torch.where(sq <= d * d, sq, d * smooth_abs(r, self.eps).sum(-1, keepdim=True)).squeeze(-1)
 
-    def grad(self, pred: Tensor, v: Tensor, delta: Tensor | None = None) -> Tensor:
+    def grad(self, pred: Tensor, v: Tensor, gates: dict[str, Tensor] | None = None) -> Tensor:
         r = pred - v
         if self.form == "coord":
-            d = self._delta(delta)
+            d = self._delta(gates)
             return torch.maximum(torch.minimum(2.0 * r, 2.0 * d), -2.0 * d)
         sq = r.pow(2).sum(-1, keepdim=True)
         if self.form == "norm":
-            tau = self._tau(r, delta)
+            tau = self._tau(r, gates)
             return torch.where(sq <= tau * tau, 2.0 * r, 2.0 * tau * r / self._norm(r))
-        d = self._delta(delta)
+        d = self._delta(gates)
         return torch.where(sq <= d * d, 2.0 * r, d * r / smooth_abs(r, self.eps))
 
 
+@choice("bias", "robust-l2")
 @dataclass(frozen=True)
 class ValueShiftRobustL2:
     """MIRAS Eq. 17: the worst case of ||M(k) - (v + s)||^2 over value shifts ||s|| <= shift.
@@ -166,7 +178,7 @@ class ValueShiftRobustL2:
     shift: float = 0.1
     eps: float = 1e-6
     name: str = field(default="robust-l2", init=False)
-    needs_delta: bool = field(default=False, init=False)
+    gates = ()
 
     def __post_init__(self):
         require(self.shift >= 0, "bias.shift", self.shift, ">= 0", "0 gives plain L2")
@@ -177,10 +189,10 @@ class ValueShiftRobustL2:
     def _norm(self, r: Tensor) -> Tensor:
         return torch.sqrt(r.pow(2).sum(-1) + self.eps)
 
-    def loss(self, pred: Tensor, v: Tensor, delta: Tensor | None = None) -> Tensor:
+    def loss(self, pred: Tensor, v: Tensor, gates: dict[str, Tensor] | None = None) -> Tensor:
         return (self._norm(pred - v) + self.shift).pow(2)
 
-    def grad(self, pred: Tensor, v: Tensor, delta: Tensor | None = None) -> Tensor:
+    def grad(self, pred: Tensor, v: Tensor, gates: dict[str, Tensor] | None = None) -> Tensor:
         r = pred - v
         n = self._norm(r).unsqueeze(-1)
         return 2.0 * (n + self.shift) * r / n

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .errors import require
+from .registry import choice
 
 ACTIVATIONS = ("gelu", "silu", "tanh", "identity")
 
@@ -60,6 +61,7 @@ def layer_norm_backward(dn: Tensor, n: Tensor, inv_std: Tensor) -> Tensor:
     return inv_std * (dn - dn.mean(-1, keepdim=True) - n * (dn * n).mean(-1, keepdim=True))
 
 
+@choice("memory", "mlp")
 @dataclass(frozen=True)
 class MLPMemory:
     """`M(x) = [x +] [LN](W_L act(... act(W_1 x)))`, the parametric memories of the papers.
@@ -75,6 +77,8 @@ class MLPMemory:
     optimizer never moves them, a layer's learnable W0 learns them (init 1 and 0). Needs a
     retention without decay or boundary (MirasSpec checks), which would move them.
     """
+
+    gates = ()
 
     depth: int = 2
     expansion: int = 4
@@ -206,9 +210,12 @@ def matrix() -> MLPMemory:
     return MLPMemory(depth=1, residual=False, norm=False)
 
 
+@choice("memory", "nonparametric")
 @dataclass(frozen=True)
 class NonParametric:
     """No weights: the memory is the KV cache and reading it is softmax attention."""
+
+    gates = ()
 
     kind: str = field(default="nonparametric", init=False)
     is_matrix: bool = field(default=False, init=False)

@@ -20,11 +20,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import require
+from .registry import Gate, choice, gate
 
 BOUNDARY_RULES = ("chunk-end", "every-token")
+
+LOG_ALPHA = gate(Gate("log_alpha", "log of the retention alpha_t (per head, or per key channel)", -float("inf"), 0.0,
+                      activation=F.logsigmoid, init=5.0, sample=lambda noise: F.logsigmoid(noise + 3.0),
+                      low_open=True))
 SOFTMAX_SCALES = ("n_in", "sqrt_n_in")   # KLSoftmax.scale by name: c = row length, c = sqrt(row length)
 
 
@@ -85,11 +91,13 @@ class _LqScale(torch.autograd.Function):
         return (-(q - 2.0) * grad_c * c / power) * a * inner, None, None
 
 
+@choice("retention", "none")
 @dataclass(frozen=True)
 class NoRetention:
     """alpha = 1: nothing is forgotten (linear attention, DeltaNet, TTT)."""
 
     name: str = field(default="none", init=False)
+    gates = ()
     decays: bool = field(default=False, init=False)
     per_channel: bool = field(default=False, init=False)
     identity_boundary: bool = field(default=True, init=False)
@@ -101,6 +109,7 @@ class NoRetention:
         return A
 
 
+@choice("retention", "decay")
 @dataclass(frozen=True)
 class Decay:
     """L2 retention = weight decay: A_t = alpha_t A_{t-1} + S_t, alpha_t in (0, 1].
@@ -112,6 +121,7 @@ class Decay:
     per_channel: bool = False
     data_dependent: bool = True
     name: str = field(default="decay", init=False)
+    gates = ("log_alpha",)
     decays: bool = field(default=True, init=False)
     identity_boundary: bool = field(default=True, init=False)
 
@@ -123,6 +133,7 @@ class Decay:
         return A
 
 
+@choice("retention", "lq")
 @dataclass(frozen=True)
 class LqNormalization:
     """Moneta: W = A / ||A||_q^(q-2) per weight matrix, with L2 decay on A (the hybrid form).
@@ -136,6 +147,7 @@ class LqNormalization:
     eps: float = 1e-6
     boundary_at: str = "chunk-end"
     name: str = field(default="lq", init=False)
+    gates = ("log_alpha",)
     decays: bool = field(default=True, init=False)
     per_channel: bool = field(default=False, init=False)
     identity_boundary: bool = field(default=False, init=False)
@@ -167,6 +179,7 @@ class LqNormalization:
         return {n: a * scale[n] for n, a in A.items()}, {n: InChunkMap(None, None, c) for n, c in scale.items()}
 
 
+@choice("retention", "kl")
 @dataclass(frozen=True)
 class KLSoftmax:
     """Memora: W_t = c softmax(alpha_t log W_{t-1} - eta_t g_t), rows of every weight on the simplex scaled by c.
@@ -186,6 +199,7 @@ class KLSoftmax:
     boundary_at: str = "chunk-end"
     scale: float | str = 1.0
     name: str = field(default="kl", init=False)
+    gates = ("log_alpha",)
     decays: bool = field(default=True, init=False)
     per_channel: bool = field(default=False, init=False)
     identity_boundary: bool = field(default=False, init=False)
@@ -234,6 +248,7 @@ class KLSoftmax:
         return W, self.frame(A, W)
 
 
+@choice("retention", "elastic-net")
 @dataclass(frozen=True)
 class ElasticNet:
     """Elastic net: L2 decay on A and an L1 soft threshold W = sign(A) max(|A| - lam, 0).
@@ -246,6 +261,7 @@ class ElasticNet:
     lam: float = 1e-3
     boundary_at: str = "chunk-end"
     name: str = field(default="elastic-net", init=False)
+    gates = ("log_alpha",)
     decays: bool = field(default=True, init=False)
     per_channel: bool = field(default=False, init=False)
     identity_boundary: bool = field(default=False, init=False)

@@ -60,18 +60,18 @@ class MirasSpec:
 
     @property
     def gates(self) -> tuple[str, ...]:
-        """The data-dependent gate tensors the recurrence reads, each [B, T, H]
-        (log_alpha is [B, T, H, d_k] for a per-channel decay)."""
+        """The data-dependent gate tensors the recurrence reads (each a Gate record of registry.GATES), each
+        [B, T, H], or [B, T, H, d_k] where `per_channel(name)`: the step size, then the retention's, the rest of
+        the algorithm's, the bias' and the memory's own gates."""
         if isinstance(self.algorithm, optim.NonParametric):
             return ()
-        names = ["lr"]
-        if self.retention.decays:
-            names.append("log_alpha")
-        if self.algorithm.momentum:
-            names.append("beta")
-        if self.bias.needs_delta:
-            names.append("delta")
-        return tuple(names)
+        a = self.algorithm.gates
+        names = (*a[:1], *self.retention.gates, *a[1:], *self.bias.gates, *self.memory.gates)
+        return tuple(dict.fromkeys(names))
+
+    def per_channel(self, gate: str) -> bool:
+        """Whether the gate has one value per key channel ([B, T, H, d_k]): a per-channel retention's gates."""
+        return gate in self.retention.gates and self.retention.per_channel
 
     @property
     def chunk_invariant(self) -> bool:

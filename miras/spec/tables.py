@@ -12,29 +12,23 @@ gets wrong is a ConfigError listing what is allowed.
 """
 from __future__ import annotations
 
-import typing
 from dataclasses import MISSING, fields
 from typing import Any
 
 from . import memory as memories
 from .errors import require
-from .spec import Algorithm, Bias, Memory, MirasSpec, Retention
-
-AXES = ("memory", "bias", "retention", "algorithm")
-_UNIONS = {"memory": Memory, "bias": Bias, "retention": Retention, "algorithm": Algorithm}
-_MEMORY_NAMES = {memories.MLPMemory: "mlp", memories.NonParametric: "nonparametric"}
+from .registry import AXES, CHOICES
+from .spec import MirasSpec
 
 
 def _name(cls: type) -> str:
-    if cls in _MEMORY_NAMES:
-        return _MEMORY_NAMES[cls]
-    return next(f.default for f in fields(cls) if f.name == "name")
+    return cls.choice_name
 
 
 def registry(axis: str) -> dict[str, type]:
-    """name -> class of every choice of the axis."""
+    """name -> class of every choice of the axis (registry.CHOICES)."""
     require(axis in AXES, "spec axis", axis, f"one of {AXES}")
-    return {_name(cls): cls for cls in typing.get_args(_UNIONS[axis])}
+    return dict(CHOICES[axis])
 
 
 def parameters(cls: type) -> dict[str, Any]:

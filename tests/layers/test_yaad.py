@@ -20,7 +20,7 @@ def write_signal_sensitivity(bias) -> dict[str, float]:
         delta = layer.gate_values(x)["delta"].transpose(1, 2)
         W0 = {n: w.expand(2, *w.shape) for n, w in layer.initial_state(2).A.items()}
     k, v = F.normalize(k, dim=-1).requires_grad_(), v.clone().requires_grad_()
-    e = bias.grad(spec.memory(W0, k), v, delta)
+    e = bias.grad(spec.memory(W0, k), v, {"delta": delta})
     R = torch.randn(e.shape, generator=torch.Generator().manual_seed(1))
     dk, dv = torch.autograd.grad((e * R).sum(), [k, v])
     return {"k": dk.abs().median().item(), "v": dv.abs().median().item()}

@@ -42,9 +42,9 @@ def paper_loop(spec, q, k, v, gates, state):
             anchor = {n: w.detach() for n, w in boundary(A).items()}
             start = dict(A)
         W = {n: w.clone().requires_grad_() for n, w in anchor.items()}
-        delta = gates["delta"][:, t, :, None] if "delta" in gates else None
+        own = {n: gates[n][:, t, :, None] for n in bias.gates}
         with torch.enable_grad():
-            loss = bias.loss(memory(W, k[:, t, :, None]), v[:, t, :, None], delta).sum()
+            loss = bias.loss(memory(W, k[:, t, :, None]), v[:, t, :, None], own).sum()
             g = dict(zip(W, torch.autograd.grad(loss, list(W.values()))))
         eta = gates["lr"][:, t, :, None, None]
         inner = getattr(memory, "layers", list(A))   # TTT's LayerNorm gain and shift are not trained in the loop

@@ -17,15 +17,15 @@ def test_closed_form_grad_equals_autograd_of_loss(bias):
     delta = (pred - v).detach().norm(dim=-1) * torch.linspace(0.5, 1.5, 5, dtype=torch.float64)
     if getattr(bias, "form", "switch") != "switch":  # thresholds in units of one coordinate of r
         delta = delta / 8 ** 0.5
-    (auto,) = torch.autograd.grad(bias.loss(pred, v, delta).sum(), pred)
-    torch.testing.assert_close(bias.grad(pred, v, delta), auto, rtol=1e-10, atol=1e-12)
+    (auto,) = torch.autograd.grad(bias.loss(pred, v, {"delta": delta}).sum(), pred)
+    torch.testing.assert_close(bias.grad(pred, v, {"delta": delta}), auto, rtol=1e-10, atol=1e-12)
 
 
 def test_huber_switches_between_l2_and_scaled_l1():
     pred = torch.tensor([[3.0, 4.0], [0.3, 0.4]], dtype=torch.float64)  # residual norms 5 and 0.5
     v = torch.zeros_like(pred)
     delta = torch.tensor([1.0, 1.0], dtype=torch.float64)
-    g = Huber(form="switch", eps=1e-12).grad(pred, v, delta)
+    g = Huber(form="switch", eps=1e-12).grad(pred, v, {"delta": delta})
     torch.testing.assert_close(g[0], torch.tensor([1.0, 1.0], dtype=torch.float64))  # delta * sign(r)
     torch.testing.assert_close(g[1], torch.tensor([0.6, 0.8], dtype=torch.float64))  # 2 r
 
@@ -34,10 +34,10 @@ def test_continuous_huber_forms_clip_the_l2_gradient():
     pred = torch.tensor([[3.0, 4.0], [0.3, 0.4]], dtype=torch.float64)  # residual norms 5 and 0.5
     v = torch.zeros_like(pred)
     delta = torch.tensor([1.0, 1.0], dtype=torch.float64) / 2 ** 0.5      # norm threshold delta sqrt(2) = 1
-    g = Huber(form="norm", eps=1e-12).grad(pred, v, delta)
+    g = Huber(form="norm", eps=1e-12).grad(pred, v, {"delta": delta})
     torch.testing.assert_close(g[0], torch.tensor([1.2, 1.6], dtype=torch.float64))  # 2 * 1 * r / |r|
     torch.testing.assert_close(g[1], torch.tensor([0.6, 0.8], dtype=torch.float64))  # 2 r
-    g = Huber(form="coord").grad(pred, v, torch.tensor([1.0, 0.35], dtype=torch.float64))
+    g = Huber(form="coord").grad(pred, v, {"delta": torch.tensor([1.0, 0.35], dtype=torch.float64)})
     torch.testing.assert_close(g, torch.tensor([[2.0, 2.0], [0.6, 0.7]], dtype=torch.float64))  # clamp(2r, +-2 delta)
 
 
@@ -46,11 +46,11 @@ def test_continuous_huber_forms_are_continuous_at_the_threshold(form):
     r = torch.tensor([0.6, 0.8], dtype=torch.float64)
     delta = torch.tensor(1.0 / 2 ** 0.5 if form == "norm" else 0.8, dtype=torch.float64)
     bias = Huber(form=form, eps=1e-14)
-    below, above = (bias.grad(r * s, torch.zeros_like(r), delta) for s in (1 - 1e-9, 1 + 1e-9))
+    below, above = (bias.grad(r * s, torch.zeros_like(r), {"delta": delta}) for s in (1 - 1e-9, 1 + 1e-9))
     torch.testing.assert_close(below, above, rtol=1e-7, atol=1e-7)
     jump = Huber(form="switch", eps=1e-14)
     one = torch.tensor(1.0, dtype=torch.float64)
-    below, above = (jump.grad(r * s, torch.zeros_like(r), one) for s in (1 - 1e-9, 1 + 1e-9))
+    below, above = (jump.grad(r * s, torch.zeros_like(r), {"delta": one}) for s in (1 - 1e-9, 1 + 1e-9))
     assert (above - below).norm() > 0.5                                   # the literal switch jumps
 
 

@@ -175,8 +175,8 @@ def _chunks(spec, chunks, A, S, anchor, start):
                 frame = retention.frame(start, anchor)
         elif before == 0 and anchor is None:
             anchor = retention.boundary(A)
-        delta = gates.get("delta")
-        factors = memory.backward_factors(anchor, k, lambda pred: bias.grad(pred, v, delta))
+        own = {n: gates[n] for n in bias.gates}
+        factors = memory.backward_factors(anchor, k, lambda pred: bias.grad(pred, v, own))
         A_end, S_end = _state_at(n - 1, co, A, S, factors)
         closes = before + n == spec.chunk_size
         next_anchor, next_frame = retention.boundary_frame(A_end) if framed and closes else (None, None)
