@@ -37,7 +37,7 @@ class CompareConfig:
     d_model: int = 64
     heads: int = 2
     n_layers: int = 2
-    chunk_size: int = 16
+    chunk_size: int | None = None   # None: every model its own (the presets' chunk sizes); an int overrides all
     steps: int = 1500
     minutes: float = 2.0             # wall-clock cap per model (0: none)
     batch_size: int = 32
@@ -55,8 +55,9 @@ class CompareConfig:
                 "one or more preset names or model config files", "e.g. --presets mamba2,moneta,my-model.toml")
         for name in self.presets:
             model_fields(name)  # ConfigError listing the valid names, or naming the file
-        for name in ("seq_len", "pairs", "vocab", "d_model", "heads", "n_layers", "chunk_size", "steps", "batch_size",
-                     "eval_n"):
+        require(self.chunk_size is None or (isinstance(self.chunk_size, int) and self.chunk_size >= 1), "--chunk-size",
+                self.chunk_size, "an integer >= 1 (omit it: each preset's own)")
+        for name in ("seq_len", "pairs", "vocab", "d_model", "heads", "n_layers", "steps", "batch_size", "eval_n"):
             value = getattr(self, name)
             require(isinstance(value, int) and value >= 1, f"--{name.replace('_', '-')}", value, "an integer >= 1")
         require(self.n_layers <= MAX_LAYERS, "--n-layers", self.n_layers, f"1 to {MAX_LAYERS}")
@@ -94,7 +95,7 @@ def model_fields(entry: str) -> dict:
 
 def run_config(c: CompareConfig, entry: str) -> RunConfig:
     fields = model_fields(entry)
-    own_chunk = "chunk_size" in fields or "chunk_size" in (fields.get("spec") or {})
+    own_chunk = c.chunk_size is None or "chunk_size" in fields or "chunk_size" in (fields.get("spec") or {})
     model = MirasConfig(**{"vocab_size": c.vocab, "d_model": c.d_model, "heads": c.heads, "n_layers": c.n_layers,
                            "chunk_size": None if own_chunk else c.chunk_size, "window": c.seq_len,
                            "segment": c.seq_len // 2, "d_state": 32, **fields})

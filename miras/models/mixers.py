@@ -33,7 +33,7 @@ def build_mixer(config: MirasConfig, kind: str) -> nn.Module:
         return memory()
     if kind == "mamba2":
         headdim = c.head_dim or min(64, 2 * c.d_model // c.heads)
-        return Mamba2(c.d_model, d_state=c.d_state, headdim=headdim, expand=2)
+        return Mamba2(c.d_model, d_state=c.d_state, headdim=headdim, expand=2, chunk_size=c.memory_spec.chunk_size)
     if kind == "memory+swa":
         return Sequential(memory(), attention(c.window), c.d_model, c.norm_eps)
     if kind == "titans-mal":    # x~ = [P ++ x]: the memory reads P first, the attention attends to it

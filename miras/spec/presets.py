@@ -139,9 +139,11 @@ for _name, _base, _block in [("titans-mac", "titans-lmm", "titans-mac"), ("titan
 
 
 def list_presets() -> list[str]:
+    """The names of the presets, in the order of SPEC section 3."""
     return list(_REGISTRY)
 
 
 def get_preset(name: str) -> Preset:
+    """The preset `name`: its MirasSpec, block, equation and paper (ConfigError listing the names otherwise)."""
     require(name in _REGISTRY, "preset", name, f"one of {list_presets()}", "run `miras presets` to list them")
     return _REGISTRY[name]()

@@ -42,6 +42,7 @@ def axis_to_dict(choice) -> dict[str, Any]:
 
 
 def spec_to_dict(spec: MirasSpec) -> dict[str, Any]:
+    """The full table of a spec: every axis with its name and every parameter, and chunk_size."""
     return {**{axis: axis_to_dict(getattr(spec, axis)) for axis in AXES}, "chunk_size": spec.chunk_size}
 
 
