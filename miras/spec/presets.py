@@ -110,9 +110,11 @@ def titans_lmm():
 
 @_preset("moneta", "memory", "Behrouz et al. 2025 (MIRAS)")
 def moneta():
-    """A_t = alpha_t A_{t-1} - eta_t grad ||M(k_t) - v_t||_3^3; W_t = A_t / ||A_t||_4^2 at a chunk's last token,
-    A_t / ||A_s||_4^2 inside it (s = chunk start)"""
-    return MirasSpec(deep_memory(), Lp(p=3.0), LqNormalization(q=4.0), GD(), chunk_size=16)
+    """A_t = alpha_t A_{t-1} - eta_t grad ||M(k_t) - v_t||_3^3; W_t = r A_t / ||A_t||_4 at a chunk's last token,
+    r A_t / ||A_s||_4 inside it (s = chunk start; ||W||_4 = r, the initialization's 4-norm; MIRAS Eq. 24's
+    A_t / ||A_t||_4^2 is form="paper", radius=1)"""
+    retention = LqNormalization(q=4.0, form="sphere", radius="init")
+    return MirasSpec(deep_memory(), Lp(p=3.0), retention, GD(), chunk_size=16)
 
 
 @_preset("yaad", "memory", "Behrouz et al. 2025 (MIRAS)")

@@ -17,6 +17,7 @@ the per-token equations. Maps act per weight matrix and per head: A name -> [...
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +33,8 @@ LOG_ALPHA = gate(Gate("log_alpha", "log of the retention alpha_t (per head, or p
                       activation=F.logsigmoid, init=5.0, sample=lambda noise: F.logsigmoid(noise + 3.0),
                       low_open=True))
 SOFTMAX_SCALES = ("n_in", "sqrt_n_in")   # KLSoftmax.scale by name: c = row length, c = sqrt(row length)
+LQ_FORMS = ("paper", "sphere")          # LqNormalization.form: W = A / (||A||_q / r)^(q-2), W = r A / ||A||_q
+LQ_RADII = ("init",)                    # LqNormalization.radius by name: the memory's initialization scale
 
 
 def _check_rule(rule: str) -> None:
@@ -69,26 +72,29 @@ class InChunkMap:
 
 
 class _LqScale(torch.autograd.Function):
-    """c = (sum (a^2 + eps)^(q/2))^(-(q-2)/q) over the last two dims, saving only a and c for backward
-    (no weight-sized intermediates): dc/da = -(q-2) c / P * a (a^2 + eps)^(q/2 - 1), P the sum."""
+    """c = k P^(-gamma/q), P = sum (a^2 + eps)^(q/2) over the last two dims (P^(1/q): the smoothed ||a||_q), saving
+    only a and c for backward (no weight-sized intermediates; P = (c / k)^(-q/gamma)):
+    dc/da = -gamma c / P * a (a^2 + eps)^(q/2 - 1)."""
 
     @staticmethod
-    def forward(ctx, a: Tensor, q: float, eps: float) -> Tensor:
+    def forward(ctx, a: Tensor, q: float, eps: float, gamma: float, k: float) -> Tensor:
         sq = a * a + eps
         power = (sq.square() if q == 4.0 else sq.pow(q / 2.0)).sum((-2, -1), keepdim=True)
-        c = power.pow(-(q - 2.0) / q)
+        c = power.pow(-gamma / q)
+        if k != 1.0:
+            c = k * c
         ctx.save_for_backward(a, c)
-        ctx.q, ctx.eps = q, eps
+        ctx.q, ctx.eps, ctx.gamma, ctx.k = q, eps, gamma, k
         return c
 
     @staticmethod
     def backward(ctx, grad_c: Tensor):
         a, c = ctx.saved_tensors
-        q = ctx.q
-        power = c.pow(-q / (q - 2.0))
+        q, gamma, k = ctx.q, ctx.gamma, ctx.k
+        power = (c if k == 1.0 else c / k).pow(-q / gamma)
         sq = a * a + ctx.eps
         inner = sq if q == 4.0 else sq.pow(q / 2.0 - 1.0)
-        return (-(q - 2.0) * grad_c * c / power) * a * inner, None, None
+        return (-gamma * grad_c * c / power) * a * inner, None, None, None, None
 
 
 @choice("retention", "none")
@@ -136,16 +142,24 @@ class Decay:
 @choice("retention", "lq")
 @dataclass(frozen=True)
 class LqNormalization:
-    """Moneta: W = A / ||A||_q^(q-2) per weight matrix, with L2 decay on A (the hybrid form).
+    """Moneta: W = c(A) A per weight matrix, c(A) = (r / ||A||_q)^gamma, with L2 decay on A (the hybrid form).
 
-    ||A||_q^q is computed as sum (A^2 + eps)^(q/2), so the map is smooth at A = 0. Inside a chunk the
-    normalizer is frozen at the chunk start (W_t = c_s A_t, c_s = ||A_s||_q^-(q-2)); the normalized state
-    at the chunk's last token is the next chunk's anchor (MIRAS section 5.4).
+    form="paper": gamma = q - 2, W = A / (||A||_q / r)^(q-2); with radius=1 this is MIRAS Eq. 24 as printed,
+    W = A / ||A||_q^(q-2) (homogeneous of degree 3 - q in A: with q = 4 a growing accumulator shrinks W, and the
+    decay alpha < 1 grows it). form="sphere": gamma = 1, W = r A / ||A||_q, so ||W||_q = r whatever A's size.
+    radius r: a number, or "init" (r = the expected q-norm of an [out, in] matrix of N(0, 1/in) entries, the
+    deep memory's initialization scale: (out * in * E|z|^q)^(1/q) / sqrt(in)). The moneta preset uses
+    form="sphere", radius="init" (chosen by measurement, docs/design-space.md).
+    ||A||_q^q is computed as sum (A^2 + eps)^(q/2), so the map is smooth at A = 0. Inside a chunk the normalizer is
+    frozen at the chunk start (W_t = c_s A_t, c_s = c(A_s)); the normalized state at the chunk's last token is the
+    next chunk's anchor (MIRAS section 5.4).
     """
 
     q: float = 4.0
     eps: float = 1e-6
     boundary_at: str = "chunk-end"
+    form: str = "sphere"
+    radius: float | str = "init"
     name: str = field(default="lq", init=False)
     gates = ("log_alpha",)
     decays: bool = field(default=True, init=False)
@@ -153,18 +167,42 @@ class LqNormalization:
     identity_boundary: bool = field(default=False, init=False)
 
     def __post_init__(self):
-        require(self.q >= 2.0, "retention.q", self.q, "q >= 2", "Moneta uses q = 4; q = 2 is plain decay")
+        require(isinstance(self.q, (int, float)) and not isinstance(self.q, bool) and 2.0 <= self.q < float("inf"),
+                "retention.q", self.q, "q >= 2", "Moneta uses q = 4; q = 2 with form='paper' is plain decay")
         _check_rule(self.boundary_at)
-        require(self.q > 2.0 or self.boundary_at == "chunk-end", "retention.boundary_at", self.boundary_at,
-                "'chunk-end' when q = 2 (the map is the identity, so no rule applies)", "use Decay() for q = 2")
+        require(self.form in LQ_FORMS, "retention.form", self.form, f"one of {LQ_FORMS}",
+                "'sphere' keeps ||W||_q = radius (the moneta preset); 'paper' is W = A / (||A||_q / radius)^(q-2)")
+        require(self.radius in LQ_RADII or (isinstance(self.radius, (int, float)) and not isinstance(self.radius, bool)
+                                            and 0 < self.radius < float("inf")),
+                "retention.radius", self.radius, f"a number > 0 or one of {LQ_RADII}",
+                "'init' sets r to the memory's initialization scale; 1.0 with form='paper' is MIRAS Eq. 24 as printed")
+        require(not self._identity() or self.boundary_at == "chunk-end", "retention.boundary_at", self.boundary_at,
+                "'chunk-end' when q = 2 with form='paper' (the map is the identity, so no rule applies)",
+                "use Decay() for q = 2")
+
+    def _identity(self) -> bool:
+        return self.form == "paper" and self.q == 2.0
 
     def describe(self) -> str:
-        return f"L{self.q:g} normalization + decay" + ("" if self.boundary_at == "chunk-end" else " (every token)")
+        if self.form == "sphere":
+            kind = f"L{self.q:g} sphere (||W||_q = {self.radius})"
+        else:
+            kind = f"L{self.q:g} normalization" + ("" if self.radius == 1.0 else f" (r = {self.radius})")
+        return kind + " + decay" + ("" if self.boundary_at == "chunk-end" else " (every token)")
+
+    def r(self, n_out: int, n_in: int) -> float:
+        """The radius r for an [n_out, n_in] weight matrix."""
+        if self.radius == "init":
+            moment = 2.0 ** (self.q / 2.0) * math.gamma((self.q + 1.0) / 2.0) / math.sqrt(math.pi)   # E|z|^q
+            return (n_out * n_in * moment) ** (1.0 / self.q) / math.sqrt(n_in)
+        return float(self.radius)
 
     def _scale(self, a: Tensor) -> Tensor:
-        if self.q == 2.0:
+        """c(a) = (r / ||a||_q)^gamma, [..., 1, 1]."""
+        if self._identity():
             return torch.ones_like(a[..., :1, :1])
-        return _LqScale.apply(a, self.q, self.eps)
+        gamma = self.q - 2.0 if self.form == "paper" else 1.0
+        return _LqScale.apply(a, float(self.q), self.eps, gamma, self.r(a.shape[-2], a.shape[-1]) ** gamma)
 
     def boundary(self, A: dict[str, Tensor]) -> dict[str, Tensor]:
         return {name: a * self._scale(a) for name, a in A.items()}

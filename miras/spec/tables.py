@@ -69,7 +69,8 @@ def axis_from_dict(axis: str, value) -> Any:
     allowed = parameters(cls)
     unknown = sorted(set(table) - set(allowed))
     require(not unknown, f"spec.{axis}", f"{name} with {unknown}",
-            f"the parameters of {axis} {name!r}: {sorted(allowed) or 'none'}")
+            f"the parameters of {axis} {name!r}: {sorted(allowed) or 'none'}",
+            "`miras presets NAME` prints a spec with every parameter written out")
     return cls(**table)
 
 

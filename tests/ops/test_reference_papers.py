@@ -15,12 +15,14 @@ from miras.spec.optim import GD
 
 def in_chunk_weights(retention, A, start):
     """MIRAS section 5.4, written out here: inside a chunk Moneta keeps the chunk start's normalizer
-    (A_t / ||A_s||_q^(q-2), ||.||_q^q smoothed as sum (a^2 + eps)^(q/2)) and Memora the linear map
-    c softmax(A_s) + c (D - rowmean D) / n_in with D = A_t - A_s; decays read A_t itself."""
+    (A_t (r / ||A_s||_q)^gamma, gamma = q - 2 for form "paper", 1 for "sphere"; ||.||_q^q smoothed as
+    sum (a^2 + eps)^(q/2)) and Memora the linear map c softmax(A_s) + c (D - rowmean D) / n_in with
+    D = A_t - A_s; decays read A_t itself."""
     if isinstance(retention, retentions.LqNormalization):
         norm = {n: (a * a + retention.eps).pow(retention.q / 2).sum((-2, -1), keepdim=True) ** (1 / retention.q)
                 for n, a in start.items()}
-        return {n: A[n] / norm[n] ** (retention.q - 2) for n in A}
+        gamma = retention.q - 2 if retention.form == "paper" else 1.0
+        return {n: A[n] * (retention.r(*A[n].shape[-2:]) / norm[n]) ** gamma for n in A}
     if isinstance(retention, retentions.KLSoftmax):
         D = {n: A[n] - start[n] for n in A}
         c = {n: retention.c(D[n].shape[-1]) for n in A}

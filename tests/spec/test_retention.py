@@ -17,14 +17,14 @@ def test_decay_gates_are_identity_boundaries():
 
 def test_lq_normalization_divides_by_norm_power():
     A = _A()
-    W = LqNormalization(q=4.0, eps=1e-14).boundary(A)["W1"]
+    W = LqNormalization(q=4.0, eps=1e-14, form="paper", radius=1.0).boundary(A)["W1"]
     norm4 = A["W1"].abs().pow(4).sum((-2, -1), keepdim=True).pow(0.25)
     torch.testing.assert_close(W, A["W1"] / norm4 ** 2)
 
 
 def test_lq_with_q2_is_identity():
     A = _A()
-    torch.testing.assert_close(LqNormalization(q=2.0).boundary(A)["W1"], A["W1"])
+    torch.testing.assert_close(LqNormalization(q=2.0, form="paper").boundary(A)["W1"], A["W1"])
 
 
 def test_softmax_boundary_is_on_the_simplex_and_shift_invariant():
@@ -68,7 +68,7 @@ def test_memora_jacobian_map_keeps_rows_summing_to_one():
 @pytest.mark.parametrize("make,field", [(lambda: LqNormalization(q=1.5), "retention.q"),
                                         (lambda: ElasticNet(lam=-1.0), "retention.lam"),
                                         (lambda: LqNormalization(boundary_at="every-chunk"), "retention.boundary_at"),
-                                        (lambda: LqNormalization(q=2.0, boundary_at="every-token"),
+                                        (lambda: LqNormalization(q=2.0, form="paper", boundary_at="every-token"),
                                          "retention.boundary_at"),
                                         (lambda: KLSoftmax(in_chunk="exact"), "retention.in_chunk"),
                                         (lambda: KLSoftmax(in_chunk="identity", boundary_at="every-token"),
