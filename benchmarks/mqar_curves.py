@@ -1,8 +1,9 @@
 """MQAR accuracy curves: presets trained side by side on `make run`'s task, held-out accuracy every few steps.
 
-Task and model as `miras compare`'s defaults (64 tokens, 4 pairs, vocab 64; d_model 64, 2 layers, 2 heads,
-chunk 16); AdamW lr 3e-3 (betas 0.9 / 0.95, weight decay 0.1), warmup 50, cosine to 10 %, batch 32, gradient
-clip 1, one thread. Prints a table of accuracy by step, writes it as CSV and draws the curves:
+Task, model and optimizer as `miras compare`'s defaults, so the curves are those of `make run`'s models (64
+tokens, 4 pairs, vocab 64; d_model 64, 2 layers, 2 heads, each preset's chunk size; the trainer's AdamW: lr 3e-3,
+betas 0.9 / 0.95, weight decay 0.1 except on norms, biases, gates' biases and W0, warmup 50, cosine to 10 %;
+batch 32, gradient clip 1), one thread. Prints a table of accuracy by step, writes it as CSV and draws the curves:
 
     python benchmarks/mqar_curves.py --presets titans-lmm,moneta,yaad,memora --steps 850 \\
         --out docs/img/miras_curves.png                       # the MIRAS models next to Titans (docs/results.md)
@@ -14,7 +15,6 @@ clip 1, one thread. Prints a table of accuracy by step, writes it as CSV and dra
 """
 import argparse
 import csv
-import math
 import sys
 import time
 from pathlib import Path
@@ -25,29 +25,30 @@ from miras.eval.compare import CompareConfig, run_config
 from miras.eval.mqar import MQAR, mqar_accuracy
 from miras.models import MirasLM
 from miras.models.lm import cross_entropy
+from miras.train.optim import build_optimizer, lr_at
 
 
 def curve(preset: str, steps: int, every: int, lr: float, init: str) -> tuple[list[float], float]:
     """Held-out accuracy after every `every` steps (and the last), and the training seconds."""
-    c = CompareConfig(presets=[preset], steps=steps)
+    c = CompareConfig(presets=[preset], steps=steps, lr=lr)
+    cfg = run_config(c, preset)
     torch.manual_seed(0)
-    model = MirasLM(run_config(c, preset).model)
+    model = MirasLM(cfg.model)
     if init == "gpt2":
         torch.nn.init.normal_(model.embed.weight, std=0.02)
         model.logit_scale = 1.0
     task = MQAR(seq_len=c.seq_len, num_kv_pairs=c.pairs, vocab_size=c.vocab, batch_size=c.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
+    opt = build_optimizer(model, cfg.optim)
     accuracy, train_s = [], 0.0
     for step in range(steps):
         start = time.time()
-        cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 50) * cosine
+            group["lr"] = lr_at(step, cfg.optim)
         x, y = task.batch(step)
         loss = cross_entropy(model(x)[0], y)
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip)
         opt.step()
         train_s += time.time() - start
         if (step + 1) % every == 0 or step + 1 == steps:

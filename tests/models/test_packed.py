@@ -136,3 +136,20 @@ def test_the_trainer_resets_at_every_document_by_default():
     assert RunData(None, None, 256, "byte", 0.0).resets(inputs) is None
     with pytest.raises(ConfigError, match="data.documents"):
         RunConfig.from_dict({"data": {"documents": "merge"}}).validate()
+
+
+def test_perplexity_restarts_at_every_document_like_training():
+    """miras eval's perplexity (pieces with the state carried) with document starts equals the documents alone."""
+    from miras.eval.perplexity import perplexity_by_position
+    model = tiny_model("titans-lmm")
+    eos = 0
+    tokens = torch.randint(1, 256, (200,), generator=torch.Generator().manual_seed(7))
+    tokens[[30, 95, 150]] = eos
+    with torch.no_grad():
+        packed = perplexity_by_position(model, tokens.numpy(), 128, windows=1, piece=48, document_start=eos)
+        ids = tokens[:129]
+        losses = []
+        for a, b in [(0, 30), (30, 95), (95, 128)]:
+            logits, _ = model(ids[None, a:b])
+            losses.append(torch.nn.functional.cross_entropy(logits[0].float(), ids[a + 1:b + 1], reduction="none"))
+    assert abs(packed["loss"] - torch.cat(losses).mean().item()) < 1e-6            # the loss is fp32
