@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -159,6 +160,98 @@ class NeedleTask:
         """Held-out batch number index in the training form (same for every rank)."""
         return self._rows(generator_for(self.seed, EVAL, index))
 
+    def stream_example(self, tokenizer, generator: torch.Generator, piece: int
+                       ) -> tuple[Iterator[list[int]], list[int], int]:
+        """build_example for contexts too long to hold: (pieces, answer_ids, needle_token_position), where pieces
+        yields lists of at most `piece` ids whose concatenation is build_example's prompt for the same generator
+        state. The prompt is never held whole (memory independent of context_tokens): a first pass counts the
+        haystack's sentence boundaries to place the needle, the iterator then re-encodes the sentences (each
+        distinct sentence is encoded once and cached)."""
+        require(isinstance(piece, int) and piece >= 1, "piece", piece, "an integer >= 1 (tokens per piece)")
+        key, value, depth, first = self._draw(generator)
+        kind = self.value_kind
+        head, query = tokenizer.encode(HEAD.format(kind=kind)), tokenizer.encode(QUERY.format(kind=kind, key=key))
+        needle = tokenizer.encode(NEEDLE.format(kind=kind, key=key, value=value) + " ")
+        fixed = len(head) + len(needle) + len(query)
+        budget = self.context_tokens - fixed
+        require(budget >= 0, "context_tokens", self.context_tokens,
+                f">= {fixed} tokens (template + needle + query) here")
+        cache: dict[int, list[int]] = {}
+
+        def sentence(i: int) -> list[int]:
+            i %= len(self._sentences)
+            if i not in cache:
+                cache[i] = tokenizer.encode(self._sentences[i] + " ")
+            return cache[i]
+
+        target, pos, i, cut = depth * budget, 0, first, None
+        while pos < budget:                     # the boundary nearest the target (the first of equals), as _prompt
+            if cut is None or abs(pos - target) < abs(cut - target):
+                cut = pos
+            elif pos > target:
+                break
+            pos += len(sentence(i))
+            i += 1
+        if pos == budget and (cut is None or abs(budget - target) < abs(cut - target)):
+            cut = budget                        # the last sentence is whole: the end is a boundary too
+
+        def ids() -> Iterator[list[int]]:
+            yield head
+            emitted, j = 0, first
+            while emitted < budget:
+                if emitted == cut:
+                    yield needle
+                s = sentence(j)[:budget - emitted]
+                yield s
+                emitted, j = emitted + len(s), j + 1
+            if cut == budget:
+                yield needle
+            yield query
+
+        def pieces() -> Iterator[list[int]]:
+            buffer: list[int] = []
+            for part in ids():
+                buffer += part
+                while len(buffer) >= piece:
+                    yield buffer[:piece]
+                    buffer = buffer[piece:]
+            if buffer:
+                yield buffer
+
+        return pieces(), tokenizer.encode(" " + value), len(head) + cut
+
+
+@dataclass
+class NeedleMix:
+    """Training batches over several S-NIAH variants: each row's (haystack, value_kind) drawn uniformly from
+    `variants` (default: RULER's niah_single_1/2/3), at a uniform random depth; batch(step) is pure in
+    (seed, step, rank) like NeedleTask.batch. documents: the real-text haystack of the "text" variants."""
+
+    variants: tuple[tuple[str, str], ...] = tuple(RULER_SINGLE.values())
+    context_tokens: int = 1024
+    documents: tuple[str, ...] = ()
+    tokenizer: object = None
+    batch_size: int = 1
+    seed: int = 0
+    rank: int = 0
+    _tasks: list[NeedleTask] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        require(len(self.variants) >= 1, "variants", self.variants, "one or more (haystack, value_kind) pairs")
+        self._tasks = [NeedleTask(value_kind=kind, context_tokens=self.context_tokens, depth=None, haystack=hay,
+                                  documents=self.documents if hay == "text" else (), tokenizer=self.tokenizer,
+                                  seed=self.seed, rank=self.rank) for hay, kind in self.variants]
+
+    def _rows(self, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        rows = [self._tasks[randint(g, len(self._tasks))]._rows(g) for _ in range(self.batch_size)]
+        return torch.cat([x for x, _ in rows]), torch.cat([y for _, y in rows])
+
+    def batch(self, step: int) -> tuple[Tensor, Tensor]:
+        return self._rows(generator_for(self.seed, TRAIN, step, self.rank))
+
+    def eval_batch(self, index: int) -> tuple[Tensor, Tensor]:
+        return self._rows(generator_for(self.seed, EVAL, index))
+
 
 def score_needle(generated_text: str, answer: str) -> bool:
     """Exact match: the first whitespace-separated word of the generation, with surrounding quotes, brackets and
@@ -180,13 +273,44 @@ def greedy_generate(model, prompt_ids: list[int], max_new_tokens: int) -> list[i
         logits, states = model(torch.tensor([out[-1:]], device=device), states)
 
 
-def needle_accuracy(model, task: NeedleTask, tokenizer, n: int = 20, seed: int | None = None) -> float:
-    """Fraction of n held-out examples answered exactly (greedy, len(answer) + 2 new tokens, score_needle)."""
+@torch.no_grad()
+def greedy_generate_batch(model, prompts: list[list[int]], max_new_tokens: int, piece: int = 0) -> list[list[int]]:
+    """Greedy continuations of equal-length prompts as one batch. piece > 0 reads the prompts `piece` tokens at a
+    time, the states carried between calls (the same result; bounds attention's score matrices at long lengths)."""
+    require(len(prompts) >= 1 and len({len(p) for p in prompts}) == 1, "prompts", f"{len(prompts)} prompts",
+            "one or more prompts of one length")
+    device = next(model.parameters()).device
+    ids = torch.tensor(prompts, device=device)
+    states, step = None, piece if piece > 0 else ids.shape[1]
+    for start in range(0, ids.shape[1], step):
+        logits, states = model(ids[:, start:start + step], states)
+    out = [logits[:, -1].argmax(-1)]
+    while len(out) < max_new_tokens:
+        logits, states = model(out[-1][:, None], states)
+        out.append(logits[:, -1].argmax(-1))
+    return torch.stack(out, dim=1).tolist()
+
+
+def needle_accuracy(model, task: NeedleTask, tokenizer, n: int = 20, seed: int | None = None, batch_size: int = 1,
+                    piece: int = 0) -> float:
+    """Fraction of n held-out examples answered exactly (greedy, len(answer) + 2 new tokens, score_needle).
+    batch_size > 1 generates that many examples at once (greedy_generate_batch; all prompts have context_tokens
+    ids), piece > 0 reads each prompt in pieces of that many tokens."""
+    require(isinstance(batch_size, int) and batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
     training = model.training
     model.eval()
     hits = 0
-    for prompt, answer, _ in task.eval_examples(tokenizer, n, seed):
-        generated = tokenizer.decode(greedy_generate(model, prompt, len(answer) + 2))
-        hits += score_needle(generated, tokenizer.decode(answer))
+    examples = task.eval_examples(tokenizer, n, seed)
+    if batch_size == 1 and piece == 0:
+        for prompt, answer, _ in examples:
+            generated = tokenizer.decode(greedy_generate(model, prompt, len(answer) + 2))
+            hits += score_needle(generated, tokenizer.decode(answer))
+    else:
+        for start in range(0, n, batch_size):
+            group = examples[start:start + batch_size]
+            new = max(len(answer) for _, answer, _ in group) + 2
+            outs = greedy_generate_batch(model, [prompt for prompt, _, _ in group], new, piece)
+            hits += sum(score_needle(tokenizer.decode(out[:len(answer) + 2]), tokenizer.decode(answer))
+                        for out, (_, answer, _) in zip(outs, group))
     model.train(training)
     return hits / n
