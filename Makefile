@@ -9,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 LOCK := requirements/lock.txt
 LOCK_INPUTS := pyproject.toml requirements/torch.in
-EXTRAS := test,lmeval,hf,plots,yaml
+EXTRAS := test,lmeval,hf,plots,yaml,search
 PIP_TOOLS := pip-tools==7.7.0
 
 $(VENV)/.installed: $(LOCK) pyproject.toml

@@ -1,4 +1,4 @@
-"""`miras` command line: presets, demo, bench, train, eval, lm-eval, export, compare, plot."""
+"""`miras` command line: presets, demo, bench, train, eval, lm-eval, export, compare, search, plot."""
 from __future__ import annotations
 
 import argparse
@@ -158,8 +158,30 @@ def _add_compare_flags(parser: argparse.ArgumentParser) -> None:
             kind = int if default and isinstance(default[0], int) else str
             parser.add_argument(flag, type=_int_list if kind is int else lambda s: s.split(","), default=default,
                                 help=f"comma-separated (default {','.join(map(str, default))})")
+        elif default is None:                   # --chunk-size: each preset's own unless given
+            parser.add_argument(flag, type=int, default=None, help="(default: each preset's own)")
         else:
             parser.add_argument(flag, type=type(default), default=default, help=f"(default {default})")
+
+
+def _search(args) -> None:
+    from .eval.search import SearchConfig, search
+    cfg = SearchConfig(**{k: v for k, v in vars(args).items() if k in SearchConfig.__dataclass_fields__})
+    rows = search(cfg)
+    if rows:
+        from .eval.compare import markdown_table
+        print("\n" + markdown_table(rows[:10]))
+    print(f"\nleaderboard.md, leaderboard.csv, pareto.png and the study (study.db: run the same command again to "
+          f"resume it) in {cfg.out_dir}")
+
+
+def _add_search_flags(parser: argparse.ArgumentParser) -> None:
+    from dataclasses import fields
+
+    from .eval.search import HELP, SearchConfig
+    for f in fields(SearchConfig):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
+                            help=f"{HELP[f.name]} (default {f.default if f.default != '' else 'none'})")
 
 
 def _plot(args) -> None:
@@ -230,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     cmp_ = sub.add_parser("compare", help="train several presets on MQAR with one budget; table + plots")
     _add_compare_flags(cmp_)
     cmp_.set_defaults(fn=_compare)
+    srch = sub.add_parser("search", help="search the design space on MQAR (optuna, successive halving) under a "
+                          'budget; leaderboard + Pareto plot; resumable (pip install "miras[search]")')
+    _add_search_flags(srch)
+    srch.set_defaults(fn=_search)
     plot = sub.add_parser("plot", help="training curves of a run folder (PNG)")
     plot.add_argument("run")
     plot.add_argument("--out", help="PNG path (default RUN/loss.png)")
