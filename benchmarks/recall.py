@@ -50,8 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from miras.spec import ConfigError, get_preset, list_presets  # noqa: E402
-from miras.spec.errors import require  # noqa: E402
+from miras.space import ConfigError, get_preset, list_presets  # noqa: E402
+from miras.errors import require  # noqa: E402
 
 VARIANTS = {"transformer-swa": {"preset": "transformer", "layer_pattern": ["swa"]}}   # named model variants
 NIAH_PRESETS = ("transformer", "transformer-swa", "mamba2", "gated-deltanet", "titans-lmm", "titans-mac", "moneta",

@@ -3,8 +3,8 @@ from .models import MirasConfig, MirasLM
 from .models.hf_auto import install as _register_with_transformers
 from .ops import MemoryState, initial_state, recurrent_reference
 from .ops.dispatch import memory_op
-from .spec import ConfigError, MirasSpec, Preset, get_preset, list_presets
-from .spec.tables import spec_from_dict, spec_to_dict
+from .space import ConfigError, MirasSpec, Preset, get_preset, list_presets
+from .space.tables import spec_from_dict, spec_to_dict
 
 __all__ = ["ConfigError", "MemoryState", "MirasConfig", "MirasLM", "MirasSpec", "Preset", "get_preset",
            "initial_state", "list_presets", "memory_op", "recurrent_reference", "spec_from_dict", "spec_to_dict"]

@@ -51,9 +51,9 @@ def _device(text: str) -> str:
 
 
 def _presets(args) -> None:
-    from .spec import get_preset, list_presets
+    from .space import get_preset, list_presets
     if args.name:
-        from .spec.tables import preset_toml
+        from .space.tables import preset_toml
         print(preset_toml(args.name), end="")
         return
     for name in list_presets():
@@ -85,7 +85,7 @@ def _train(args) -> None:
     from .train.config import load_resume_config, load_run_config
     from .train.trainer import TrainingError, train
     if args.resume and args.overwrite:
-        from .spec.errors import ConfigError
+        from .errors import ConfigError
         raise ConfigError("--resume and --overwrite are invalid together: allowed one of them; fix: --resume to "
                           "continue the run in run.out_dir, --overwrite to replace it with a fresh run")
     cfg = (load_resume_config if args.resume else load_run_config)(args.config, args.overrides)
@@ -110,7 +110,7 @@ def _eval(args) -> None:
 
 
 def _lm_eval(args) -> None:
-    from .spec.errors import ConfigError
+    from .errors import ConfigError
     try:
         from .eval.lm_harness import evaluate, format_results
     except ImportError as err:  # the lmeval extra is not installed
@@ -124,7 +124,7 @@ def _lm_eval(args) -> None:
 
 
 def _export(args) -> None:
-    from .spec.errors import ConfigError
+    from .errors import ConfigError
     try:
         import transformers  # noqa: F401
     except ImportError as err:  # the hf extra is not installed
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in [parser, *sub.choices.values()]:
         p.allow_abbrev = False                          # --resum is an error, not --resume
     args = parser.parse_args(argv)
-    from .spec.errors import ConfigError
+    from .errors import ConfigError
     try:
         args.fn(args)
     except ConfigError as err:  # bad input: one clear line, no traceback

@@ -7,8 +7,8 @@ import torch
 
 from .ops import recurrent_reference
 from .ops.inputs import random_inputs
-from .spec import get_preset, list_presets
-from .spec.errors import require
+from .space import get_preset, list_presets
+from .errors import require
 
 
 DEMO_MAX_FLOATS = 2 ** 24   # 64 MiB per tensor: sizes past it are refused before anything is allocated

@@ -1,7 +1,7 @@
 """A point of the design space written only in a config file: it trains, resumes, exports to Hugging Face,
 generates and shows up in `miras compare`, and everything along the way builds the spec the file names.
 
-Also: the spec tables (miras/spec/tables.py) round-trip every preset, partial changes merge as documented, and a
+Also: the spec tables (miras/space/tables.py) round-trip every preset, partial changes merge as documented, and a
 wrong axis, name or parameter is a ConfigError listing what is allowed.
 """
 import json
@@ -13,10 +13,10 @@ import torch
 from miras.cli import main
 from miras.eval.load import load_run
 from miras.models import MirasConfig
-from miras.spec import ConfigError, MirasSpec, get_preset, list_presets
-from miras.spec.bias import Huber
-from miras.spec.retention import LqNormalization
-from miras.spec.tables import merge_spec, preset_toml, spec_from_dict, spec_to_dict
+from miras.space import ConfigError, MirasSpec, get_preset, list_presets
+from miras.space.bias import Huber
+from miras.space.retention import LqNormalization
+from miras.space.tables import merge_spec, preset_toml, spec_from_dict, spec_to_dict
 
 NEW_MODEL = """
 size = ""

@@ -63,7 +63,7 @@ from miras.layers.memory import MemoryLayer  # noqa: E402
 from miras.ops.delta import chunk_gated_delta_rule  # noqa: E402
 from miras.ops.dispatch import memory_op  # noqa: E402
 from miras.ops.ssd import ssd  # noqa: E402
-from miras.spec import MirasSpec, get_preset  # noqa: E402
+from miras.space import MirasSpec, get_preset  # noqa: E402
 
 B, DIM, H, DH, DSTATE, CHUNK = 1, 256, 4, 64, 64, 64
 DTYPE = torch.float32

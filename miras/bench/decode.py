@@ -34,7 +34,7 @@ import torch
 from ..models.config import MirasConfig
 from ..models.lm import MirasLM
 from ..models.state_tree import flatten_tensors, map_tensors
-from ..spec import get_preset, list_presets
+from ..space import get_preset, list_presets
 from .ops import PeakRSS, _log, _num, _release_memory, machine
 
 CONTEXTS = (1024, 8192, 32768)

@@ -53,8 +53,8 @@ import torch
 
 from ..ops.dispatch import EXACT_CHUNK, memory_op, select_op
 from ..ops.inputs import random_inputs
-from ..spec import MirasSpec, get_preset, list_presets
-from ..spec.retention import LqNormalization, uses_frame
+from ..space import MirasSpec, get_preset, list_presets
+from ..space.retention import LqNormalization, uses_frame
 
 SEQLENS = (512, 2048, 8192, 16384)
 QUICK_SEQLENS = (256, 512)

@@ -12,7 +12,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..spec.errors import require
+from ..errors import require
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (input_ids [B, T] int64, labels [B, T] int64)
 

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..spec.errors import require
+from ..errors import require
 
 EMBEDDED = {"shakespeare": Path(__file__).with_name("shakespeare.jsonl.xz")}
 FORMATS = "a .jsonl, .jsonl.xz or .txt file, a folder of .txt files, or one of " + str(list(EMBEDDED))

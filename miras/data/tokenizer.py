@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from ..spec.errors import require
+from ..errors import require
 from .corpus import Document
 
 EOS = "<|endoftext|>"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..spec.errors import require
+from ..errors import require
 from .corpus import Document
 
 META_KEYS = ("dtype", "count", "tokenizer", "vocab_size", "eos_id", "documents", "source_hash")

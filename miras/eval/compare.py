@@ -17,8 +17,8 @@ import torch
 
 from ..models import MirasConfig
 from ..models.state_tree import flatten_tensors
-from ..spec import get_preset
-from ..spec.errors import require
+from ..space import get_preset
+from ..errors import require
 from ..train.config import MAX_LAYERS, DataConfig, OptimConfig, RunConfig, RunOptions
 from ..train.trainer import train
 from .load import load_run

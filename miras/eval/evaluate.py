@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..data import load_documents, open_token_file, split_documents
-from ..spec.errors import require
+from ..errors import require
 from .load import load_run
 from .mqar import MQAR, mqar_accuracy
 from .niah import NeedleTask, needle_accuracy

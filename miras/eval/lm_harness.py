@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..spec.errors import ConfigError, require
+from ..errors import ConfigError, require
 from .lm_eval_tasks import TASK_DIR, local_task_names
 from .load import load_run, resolve_checkpoint
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..data import load_tokenizer
 from ..models import MirasConfig, MirasLM
-from ..spec.errors import ConfigError
+from ..errors import ConfigError
 from ..train.checkpoint import load_checkpoint, load_newest
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..spec.errors import require
+from ..errors import require
 from .rng import EVAL, TRAIN, generator_for
 
 # Zoology's standard (seq_len, num_kv_pairs) grid (its original MQAR sweep, vocab 8192): train on the mixture

@@ -23,7 +23,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from ..spec.errors import require
+from ..errors import require
 from .rng import EVAL, TRAIN, generator_for, randint
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."

@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..spec.errors import require
+from ..errors import require
 
 
 def position_buckets(length: int) -> list[tuple[int, int]]:

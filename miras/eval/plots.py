@@ -36,7 +36,7 @@ IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 def check_image_path(path: str | Path) -> None:
     """ConfigError unless path names an image file (one of IMAGE_SUFFIXES) in an existing folder."""
-    from ..spec.errors import require
+    from ..errors import require
     path = Path(path)
     require(path.suffix.lower() in IMAGE_SUFFIXES, "--out", str(path), f"an image path ending in "
             f"{' / '.join(IMAGE_SUFFIXES)}", "e.g. --out loss.png")
@@ -50,7 +50,7 @@ def read_metrics(path: str | Path) -> list[dict]:
     import json
     import sys
 
-    from ..spec.errors import ConfigError, require
+    from ..errors import ConfigError, require
     path = Path(path)
     require(path.is_file(), "metrics file", str(path), "the metrics.jsonl of a `miras train` run",
             "pass a run folder that has trained at least run.log_every steps")
@@ -76,7 +76,7 @@ def read_metrics(path: str | Path) -> list[dict]:
 def training_curves(run_dir: str | Path, path: str | Path) -> Path:
     """Train and validation loss of a `miras train` run (its metrics.jsonl) against elapsed minutes,
     with the corpus's unigram baseline."""
-    from ..spec.errors import require
+    from ..errors import require
     metrics = Path(run_dir) / "metrics.jsonl"
     rows = read_metrics(metrics)
     check_image_path(path)

@@ -2,7 +2,7 @@
 on the MQAR default of `miras compare`, under a budget of trials, wall-clock minutes and steps per trial.
 
 Every trial is one point of the space: MirasConfig(preset="gated-deltanet", spec=<its tables>), a "memory" block
-whose four axes and chunk size the spec replaces (miras/spec/tables.py), with the sizes, data and optimizer of
+whose four axes and chunk size the spec replaces (miras/space/tables.py), with the sizes, data and optimizer of
 `miras compare` (`compare.run_config`). Optuna's TPE sampler (seeded) proposes the points and its successive-halving
 pruner schedules them: a trial trains to the first rung of steps, reports its MQAR accuracy and goes on to the next
 rung (the trainer resumes its checkpoint with more steps) only while it is in the best 1/eta of the trials that
@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-from ..spec.errors import ConfigError, require
-from ..spec.memory import matrix
-from ..spec.tables import AXES, axis_from_dict, axis_to_dict, parameters, registry
+from ..errors import ConfigError, require
+from ..space.memory import matrix
+from ..space.tables import AXES, axis_from_dict, axis_to_dict, parameters, registry
 from .compare import CompareConfig, evaluate_mqar, markdown_table, run_config, state_floats
 from .load import load_run
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..spec.errors import require
+from ..errors import require
 from ..train.data import RunData
 from .mqar import MQAR
 from .niah import NeedleTask

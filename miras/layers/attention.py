@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..spec.errors import require
+from ..errors import require
 
 
 @dataclass

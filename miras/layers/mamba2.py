@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.ssd import ssd
-from ..spec.errors import require
+from ..errors import require
 from .conv import ShortConv
 
 

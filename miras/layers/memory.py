@@ -20,9 +20,9 @@ from torch import Tensor, nn
 
 from ..ops import MemoryState, initial_state
 from ..ops.dispatch import memory_op
-from ..spec import MirasSpec
-from ..spec.errors import require
-from ..spec.registry import GATES
+from ..space import MirasSpec
+from ..errors import require
+from ..space.registry import GATES
 from .conv import ShortConv
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import MemoryState
-from ..spec.errors import require
+from ..errors import require
 from .attention import rope
 from .memory import MemoryLayer, MemoryLayerState
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
-from ..spec import MirasSpec, get_preset
-from ..spec.errors import require
-from ..spec.tables import merge_spec, spec_from_dict, spec_to_dict
+from ..space import MirasSpec, get_preset
+from ..errors import require
+from ..space.tables import merge_spec, spec_from_dict, spec_to_dict
 
 MIXERS = ("attention", "swa", "memory", "mamba2", "ttt", "memory+swa", "titans-mal", "titans-mag", "titans-mac")
 
@@ -16,7 +16,7 @@ class MirasConfig:
     """The language model: embedding -> n_layers x (pre-norm mixer + pre-norm SwiGLU) -> norm -> tied head.
 
     preset: the memory spec of every "memory"-like mixer and the block around it (see `miras presets`).
-    spec: changes to the preset's spec, as tables per axis (miras/spec/tables.py), e.g. {"bias": "huber",
+    spec: changes to the preset's spec, as tables per axis (miras/space/tables.py), e.g. {"bias": "huber",
         "retention": {"q": 3}}: any point of the design space in the preset's block. to_dict() writes the
         whole resolved spec, so a saved config names every parameter of its model.
     layer_pattern: mixer names repeated cyclically over the layers (e.g. ["memory", "memory", "swa"]);

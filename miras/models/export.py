@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..spec.errors import ConfigError, require
+from ..errors import ConfigError, require
 from .hf_remote import AUTO_MAP, write_remote_code
 
 # Text the exported tokenizer must encode and decode exactly as the run's own (checked on every export).

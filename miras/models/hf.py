@@ -16,7 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreT
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..ops.documents import resets_from_cu_seqlens
-from ..spec.errors import require
+from ..errors import require
 from .hf_config import MirasHFConfig
 from .lm import MirasLM
 from .padding import RowGroups

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.documents import check_resets
-from ..spec.errors import require
+from ..errors import require
 from .config import MirasConfig
 from .mixers import build_mixer
 from .padding import RowGroups, grouped_forward, run_packed

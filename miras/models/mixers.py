@@ -8,7 +8,7 @@ from ..layers.hybrid import Gated, Sequential
 from ..layers.mamba2 import Mamba2
 from ..layers.memory import MemoryLayer
 from ..layers.titans import MemoryAsContext
-from ..spec import get_preset
+from ..space import get_preset
 from .config import MirasConfig
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..ops.documents import check_resets, run_documents
-from ..spec.errors import require
+from ..errors import require
 from .state_tree import map_tensors
 
 

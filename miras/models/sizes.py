@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..spec.errors import require
+from ..errors import require
 from .config import SIZES, MirasConfig
 from .lm import MirasLM
 

@@ -21,7 +21,7 @@ from ..layers.mamba2 import Mamba2State
 from ..layers.memory import MemoryLayerState
 from ..layers.titans import MACState
 from ..ops.state import MemoryState
-from ..spec.errors import ConfigError, require
+from ..errors import ConfigError, require
 
 STATE_CLASSES = {c.__name__: c for c in (MemoryState, MemoryLayerState, AttentionState, Mamba2State, MACState)}
 FORMAT = "miras-state-1"

@@ -11,8 +11,9 @@ import os
 import torch
 from torch import Tensor
 
-from ..spec import MirasSpec, bias, optim
-from ..spec.errors import require
+from ..space import MirasSpec, bias
+from ..space import algorithm as algorithms
+from ..errors import require
 from .attention import causal_attention
 from .delta import chunk_gated_delta_rule
 from .documents import check_resets, run_documents
@@ -28,9 +29,9 @@ EXACT_CHUNK = 64  # kernel chunk of the chunk-invariant ops (the function does n
 
 def select_op(spec: MirasSpec) -> str:
     """'attention' | 'ssd' | 'delta' | 'minibatch' | 'reference' (no fast path)."""
-    if isinstance(spec.algorithm, optim.NonParametric):
+    if isinstance(spec.algorithm, algorithms.NonParametric):
         return "attention"
-    if isinstance(spec.algorithm, optim.Delta):
+    if isinstance(spec.algorithm, algorithms.Delta):
         return "delta"
     if (spec.memory.is_matrix and isinstance(spec.bias, bias.DotProduct) and spec.retention.identity_boundary
             and not spec.algorithm.momentum):
@@ -122,7 +123,7 @@ def _memory_op(spec, q, k, v, gates, state, mode, checkpoint_chunks, resets=None
     B, T, H, d_k = k.shape
     if resets is not None:
         resets = check_resets(resets, B, T)
-        require(W0 is not None or spec.memory.is_matrix or isinstance(spec.algorithm, optim.NonParametric), "W0",
+        require(W0 is not None or spec.memory.is_matrix or isinstance(spec.algorithm, algorithms.NonParametric), "W0",
                 None, f"the memory at a document start for {spec.memory}", "pass W0 (e.g. the layer's W0)")
     if resets is not None and T and (resets[:, 1:].any() or (state is not None and resets[:, 0].any())):
         names = list(gates)

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..spec.errors import require
+from ..errors import require
 
 Run = Callable[[list[Tensor], object], tuple[list[Tensor], object]]   # (inputs of n docs, state or None) -> ...
 

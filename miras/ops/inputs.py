@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..spec import MirasSpec
-from ..spec.registry import GATES
+from ..space import MirasSpec
+from ..space.registry import GATES
 from .state import MemoryState, initial_state
 
 

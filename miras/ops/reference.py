@@ -20,8 +20,9 @@ import math
 import torch
 from torch import Tensor
 
-from ..spec import MirasSpec, optim
-from ..spec.retention import uses_frame
+from ..space import MirasSpec
+from ..space import algorithm as algorithms
+from ..space.retention import uses_frame
 from .state import MemoryState, check_inputs, initial_state, open_chunk_start
 
 
@@ -40,9 +41,9 @@ def recurrent_reference(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates:
     in_dtype, dtype = q.dtype, torch.promote_types(q.dtype, torch.float32)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     gates = {n: g.to(dtype) for n, g in gates.items()}
-    if isinstance(spec.algorithm, optim.NonParametric):
+    if isinstance(spec.algorithm, algorithms.NonParametric):
         y, state = _attention(q, k, v, state)
-    elif isinstance(spec.algorithm, optim.Delta):
+    elif isinstance(spec.algorithm, algorithms.Delta):
         y, state = _delta_rule(spec, q, k, v, gates, state)
     else:
         y, state = _online_gd(spec, q, k, v, gates, state)

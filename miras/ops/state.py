@@ -6,11 +6,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..spec import MirasSpec
-from ..spec.errors import require
-from ..spec.memory import NonParametric
-from ..spec.registry import GATES
-from ..spec.retention import uses_frame
+from ..space import MirasSpec
+from ..errors import require
+from ..space.memory import NonParametric
+from ..space.registry import GATES
+from ..space.retention import uses_frame
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Callable, TypeVar
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..spec.errors import ConfigError
+from ..errors import ConfigError
 
 PREFIX = "step-"
 _NAME = re.compile(r"step-(\d+)")

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..models.config import MirasConfig
-from ..spec.errors import ConfigError, require
+from ..errors import ConfigError, require
 
 
 SIZE_FIXED = ("d_model", "heads", "n_layers")   # model keys a named size sets (an explicit value is refused)

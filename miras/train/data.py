@@ -12,7 +12,7 @@ import torch.distributed as dist
 from ..data import (LMBatches, ByteTokenizer, build_token_file, load_documents, load_tokenizer, open_token_file,
                     split_documents, train_bpe, unigram_entropy, val_batches)
 from ..data.tokens import source_hash
-from ..spec.errors import ConfigError
+from ..errors import ConfigError
 from .config import RunConfig
 
 

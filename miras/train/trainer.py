@@ -17,7 +17,7 @@ import torch.distributed as dist
 from ..models import MirasConfig, MirasLM
 from ..models.lm import cross_entropy
 from ..models.sizes import config_for_size
-from ..spec.errors import ConfigError, require
+from ..errors import ConfigError, require
 from .checkpoint import check_states, list_checkpoints, load_newest, read_checkpoint, restore_rng, save_checkpoint
 from .config import RunConfig, resume_differences
 from .data import build_data

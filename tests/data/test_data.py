@@ -9,7 +9,7 @@ import torch
 from miras.data import (BPETokenizer, ByteTokenizer, Document, LMBatches, build_token_file, load_documents,
                         load_tokenizer, open_token_file, split_documents, train_bpe, unigram_entropy, val_batches)
 from miras.data.corpus import write_documents
-from miras.spec import ConfigError
+from miras.space import ConfigError
 
 
 def raises_naming(path):

@@ -6,7 +6,7 @@ import pytest
 from miras.eval.compare import CompareConfig, compare
 from miras.eval.evaluate import evaluate_run
 from miras.eval.load import load_run
-from miras.spec import ConfigError
+from miras.space import ConfigError
 from miras.train.config import load_run_config
 from miras.train.trainer import train
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from miras.data import ByteTokenizer, Document, train_bpe
 from miras.eval.lm_eval_tasks import DATA_FILES, LOCAL_TASKS, TASK_DIR, local_task_names, write_task_data
 from miras.models import MirasConfig, MirasLM
-from miras.spec import ConfigError
+from miras.space import ConfigError
 from miras.train.checkpoint import save_checkpoint
 from miras.train.config import load_run_config
 

@@ -6,7 +6,7 @@ import pytest
 
 from miras.cli import main
 from miras.eval.search import SearchConfig, invalid_points, load_space, open_study, pareto_front, search
-from miras.spec import ConfigError
+from miras.space import ConfigError
 
 MICRO = dict(steps=2, min_steps=1, eta=2, seq_len=16, pairs=2, vocab=32, d_model=16, heads=2, n_layers=1,
              batch_size=2, eval_n=4, minutes=0.0, threads=1)

@@ -11,7 +11,7 @@ from miras.eval import (MQAR, MQAR_SETTINGS, NIAH_LENGTHS, NeedleTask, depths, g
 from miras.eval.niah import HEAD, RULER_SINGLE, UUID_PATTERN, WORDS
 from miras.eval.rng import generator_for
 from miras.models import MirasConfig, MirasLM
-from miras.spec import ConfigError
+from miras.space import ConfigError
 from miras.train.config import DataConfig, OptimConfig, RunConfig, RunOptions
 
 

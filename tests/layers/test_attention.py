@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from miras.layers.attention import Attention
-from miras.spec import ConfigError
+from miras.space import ConfigError
 
 from .helpers import in_pieces, parameter_grads
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from miras.layers.mamba2 import Mamba2
-from miras.spec import ConfigError
+from miras.space import ConfigError
 
 from .helpers import in_pieces, parameter_grads
 

@@ -11,7 +11,7 @@ from miras.layers.hybrid import Gated, Sequential
 from miras.layers.memory import MemoryLayer
 from miras.models import MirasConfig
 from miras.models.mixers import build_mixer
-from miras.spec import ConfigError, get_preset
+from miras.space import ConfigError, get_preset
 
 from .helpers import in_pieces
 

@@ -14,7 +14,7 @@ from miras.models import MirasConfig
 from miras.models.mixers import build_mixer
 from miras.ops.reference import recurrent_reference
 from miras.ops.state import initial_state
-from miras.spec import ConfigError, get_preset
+from miras.space import ConfigError, get_preset
 
 D, H = 16, 2
 HD = D // H

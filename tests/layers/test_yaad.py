@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from miras.layers.memory import MemoryLayer
-from miras.spec import get_preset
-from miras.spec.bias import L2, Huber
+from miras.space import get_preset
+from miras.space.bias import L2, Huber
 
 
 def write_signal_sensitivity(bias) -> dict[str, float]:

@@ -23,7 +23,7 @@ from miras.cli import main  # noqa: E402
 from miras.data import ByteTokenizer, Document, train_bpe  # noqa: E402
 from miras.eval.load import load_run  # noqa: E402
 from miras.models.export import export_run  # noqa: E402
-from miras.spec import ConfigError  # noqa: E402
+from miras.space import ConfigError  # noqa: E402
 from miras.train.config import load_run_config  # noqa: E402
 from miras.train.trainer import train  # noqa: E402
 from tests.eval.test_lm_harness import hand_run  # noqa: E402

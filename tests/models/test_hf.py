@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
 from miras.models import MirasConfig  # noqa: E402
 from miras.models.hf import CACHE_KEYWORD, MirasCache, MirasForCausalLM, MirasHFConfig  # noqa: E402
-from miras.spec import ConfigError  # noqa: E402
+from miras.space import ConfigError  # noqa: E402
 
 PRESETS = ["transformer", "gated-deltanet", "mamba2", "titans-lmm", "moneta", "titans-mac", "yaad-h"]
 TINY = dict(d_model=32, heads=2, n_layers=2, window=8, segment=8, chunk_size=4, d_state=16)

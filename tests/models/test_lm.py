@@ -4,7 +4,7 @@ import torch
 
 from miras.models import MirasConfig, MirasLM
 from miras.models.sizes import config_for_size, count_parameters
-from miras.spec import ConfigError, list_presets
+from miras.space import ConfigError, list_presets
 
 TINY = dict(d_model=32, heads=2, n_layers=2, window=8, segment=8, persistent_tokens=2, chunk_size=4, d_state=16)
 

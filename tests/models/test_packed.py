@@ -10,7 +10,7 @@ import torch
 from miras.data.tokenizer import ByteTokenizer
 from miras.models.hf import MirasForCausalLM, MirasHFConfig
 from miras.models.padding import RowGroups, run_packed
-from miras.spec import ConfigError, list_presets
+from miras.space import ConfigError, list_presets
 from miras.train.config import RunConfig
 
 from .test_lm import tiny_model

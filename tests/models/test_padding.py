@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from miras.models.padding import RowGroups, token_spans
-from miras.spec import ConfigError, list_presets
+from miras.space import ConfigError, list_presets
 
 from .test_lm import tiny_model
 

@@ -4,7 +4,7 @@ import torch
 
 from miras.models import MirasConfig, MirasLM
 from miras.models.streaming import load_state, save_state
-from miras.spec import ConfigError
+from miras.space import ConfigError
 
 TINY = dict(d_model=32, heads=2, n_layers=2, window=8, segment=8, chunk_size=4, d_state=16)
 

@@ -9,7 +9,7 @@ from miras.ops import MemoryState, recurrent_reference
 from miras.ops.delta import chunk_gated_delta_rule
 from miras.ops.delta.fused import unit_lower_inverse
 from miras.ops.inputs import random_inputs
-from miras.spec import get_preset
+from miras.space import get_preset
 
 from .helpers import rel_err, rel_errors
 

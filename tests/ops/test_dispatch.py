@@ -5,11 +5,11 @@ import torch
 from miras.ops import recurrent_reference
 from miras.ops.dispatch import memory_op, select_op
 from miras.ops.inputs import random_inputs
-from miras.spec import ConfigError, MirasSpec, get_preset
-from miras.spec.bias import L2, DotProduct
-from miras.spec.memory import matrix
-from miras.spec.optim import GD
-from miras.spec.retention import Decay
+from miras.space import ConfigError, MirasSpec, get_preset
+from miras.space.bias import L2, DotProduct
+from miras.space.memory import matrix
+from miras.space.algorithm import GD
+from miras.space.retention import Decay
 
 EXPECTED = {"transformer": "attention", "linear-attention": "ssd", "retnet": "ssd", "mamba2": "ssd",
             "deltanet": "delta", "gated-deltanet": "delta", "ttt-linear": "minibatch", "ttt-mlp": "minibatch",

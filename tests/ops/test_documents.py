@@ -16,7 +16,7 @@ from miras.ops.dispatch import memory_op
 from miras.ops.documents import resets_from_cu_seqlens, spans
 from miras.ops.inputs import random_inputs
 from miras.ops.state import RaggedState
-from miras.spec import ConfigError, get_preset, list_presets
+from miras.space import ConfigError, get_preset, list_presets
 
 from .helpers import rel_err
 

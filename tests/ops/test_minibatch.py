@@ -5,11 +5,11 @@ import torch
 from miras.ops import MemoryState, recurrent_reference
 from miras.ops.inputs import random_inputs
 from miras.ops.minibatch import chunk_minibatch
-from miras.spec import ConfigError, MirasSpec, get_preset
-from miras.spec.bias import L2, Huber, Lp, ValueShiftRobustL2
-from miras.spec.memory import MLPMemory, matrix
-from miras.spec.optim import GD, Momentum
-from miras.spec.retention import Decay, ElasticNet, KLSoftmax, LqNormalization, NoRetention
+from miras.space import ConfigError, MirasSpec, get_preset
+from miras.space.bias import L2, Huber, Lp, ValueShiftRobustL2
+from miras.space.memory import MLPMemory, matrix
+from miras.space.algorithm import GD, Momentum
+from miras.space.retention import Decay, ElasticNet, KLSoftmax, LqNormalization, NoRetention
 
 from .helpers import rel_err
 

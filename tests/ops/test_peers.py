@@ -30,11 +30,11 @@ from miras.ops import MemoryState
 from miras.ops.delta import chunk_gated_delta_rule
 from miras.ops.dispatch import memory_op
 from miras.ops.ssd import chunk_gla, ssd
-from miras.spec import MirasSpec, get_preset
-from miras.spec.bias import DotProduct
-from miras.spec.memory import matrix
-from miras.spec.optim import GD
-from miras.spec.retention import Decay
+from miras.space import MirasSpec, get_preset
+from miras.space.bias import DotProduct
+from miras.space.memory import matrix
+from miras.space.algorithm import GD
+from miras.space.retention import Decay
 
 from .helpers import rel_err
 

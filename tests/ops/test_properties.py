@@ -38,11 +38,11 @@ from miras.ops import MemoryState, recurrent_reference
 from miras.ops import dispatch
 from miras.ops.dispatch import memory_op, select_op
 from miras.ops.inputs import random_inputs
-from miras.spec import MirasSpec, get_preset, list_presets
-from miras.spec.bias import DotProduct
-from miras.spec.memory import matrix
-from miras.spec.optim import GD
-from miras.spec.retention import Decay
+from miras.space import MirasSpec, get_preset, list_presets
+from miras.space.bias import DotProduct
+from miras.space.memory import matrix
+from miras.space.algorithm import GD
+from miras.space.retention import Decay
 
 EXAMPLES = int(os.environ.get("MIRAS_PROPERTY_EXAMPLES", "0"))   # 0: the ci profile's own counts
 SEED = os.environ.get("MIRAS_PROPERTY_SEED")

@@ -5,11 +5,11 @@ import torch.nn.functional as F
 
 from miras.ops import MemoryState, recurrent_reference
 from miras.ops.inputs import random_inputs
-from miras.spec import ConfigError, MirasSpec, get_preset, list_presets
-from miras.spec.bias import L2
-from miras.spec.memory import MLPMemory, matrix
-from miras.spec.optim import GD, Delta
-from miras.spec.retention import Decay, KLSoftmax, NoRetention
+from miras.space import ConfigError, MirasSpec, get_preset, list_presets
+from miras.space.bias import L2
+from miras.space.memory import MLPMemory, matrix
+from miras.space.algorithm import GD, Delta
+from miras.space.retention import Decay, KLSoftmax, NoRetention
 
 
 def test_dot_product_decay_is_the_ssd_closed_form():

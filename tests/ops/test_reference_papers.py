@@ -6,11 +6,11 @@ import torch
 
 from miras.ops import MemoryState, recurrent_reference
 from miras.ops.inputs import random_inputs
-from miras.spec import MirasSpec, get_preset
-from miras.spec import bias as biases
-from miras.spec import retention as retentions
-from miras.spec.memory import matrix
-from miras.spec.optim import GD
+from miras.space import MirasSpec, get_preset
+from miras.space import bias as biases
+from miras.space import retention as retentions
+from miras.space.memory import matrix
+from miras.space.algorithm import GD
 
 
 def in_chunk_weights(retention, A, start):

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from miras.ops import MemoryState, recurrent_reference
 from miras.ops.inputs import random_inputs
 from miras.ops.ssd import chunk_gla, ssd
-from miras.spec import ConfigError, MirasSpec, get_preset
-from miras.spec.bias import DotProduct
-from miras.spec.memory import matrix
-from miras.spec.optim import GD
-from miras.spec.retention import Decay
+from miras.space import ConfigError, MirasSpec, get_preset
+from miras.space.bias import DotProduct
+from miras.space.memory import matrix
+from miras.space.algorithm import GD
+from miras.space.retention import Decay
 
 from .helpers import rel_err, rel_errors
 

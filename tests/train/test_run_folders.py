@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from miras.data.tokens import meta_path
 from miras.eval.load import load_run
-from miras.spec import ConfigError
+from miras.space import ConfigError
 from miras.train import checkpoint as ckpt_module
 from miras.train import trainer as trainer_module
 from miras.models import MirasConfig, MirasLM

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from miras.spec import ConfigError
+from miras.space import ConfigError
 from miras.train import trainer as trainer_module
 from safetensors.torch import load_file
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ...spec.errors import require
+from ...errors import require
 from ..state import check_tensors
 from .fused import fused_gated_delta_rule
 

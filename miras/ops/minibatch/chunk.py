@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from ...spec import MirasSpec
-from ...spec.retention import InChunkMap, uses_frame
+from ...space import MirasSpec
+from ...space.retention import InChunkMap, uses_frame
 from ..segsum import segprod, segsum
 from ..state import MemoryState, check_inputs, open_chunk_start
 

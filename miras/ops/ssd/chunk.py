@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...spec.errors import require
+from ...errors import require
 from ..chunks import to_chunks
 from ..segsum import segsum
 from ..state import check_tensors

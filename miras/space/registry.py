@@ -5,7 +5,7 @@ A choice (a memory, bias, retention or algorithm class) registers itself with `@
 state checks, random test inputs, the recurrent reference, the chunked engine, the memory layer and the config
 tables read these records, so a new bias with a new gate is one source file (the class, its Gate) plus its test.
 
-Interfaces (checked by `tests/spec/test_registry.py` over everything registered):
+Interfaces (checked by `tests/space/test_registry.py` over everything registered):
   memory     M(W, h), grads(W, h, dpred), backward_factors, init_state, shapes, is_matrix, describe()
   bias       loss(pred, v, gates) -> [...], grad(pred, v, gates) -> [..., d_v] (exactly d loss / d pred), describe()
   retention  decays, per_channel, identity_boundary, boundary(A), frame(...) where not identity, describe()

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from miras.spec import ConfigError
-from miras.spec.bias import L2, DotProduct, Huber, Lp, ValueShiftRobustL2
+from miras.space import ConfigError
+from miras.space.bias import L2, DotProduct, Huber, Lp, ValueShiftRobustL2
 
 BIASES = [DotProduct(), L2(), Lp(p=3.0), Lp(p=1.5), Huber(form="switch"), Huber(form="norm"), Huber(form="coord"),
           ValueShiftRobustL2(shift=0.3)]

@@ -1,11 +1,11 @@
 import pytest
 
-from miras.spec import ConfigError, MirasSpec, get_preset, list_presets
-from miras.spec.bias import L2, DotProduct, Huber, Lp
-from miras.spec.memory import MLPMemory, NonParametric, matrix
-from miras.spec.optim import GD, Delta, Momentum
-from miras.spec.optim import NonParametric as Attention
-from miras.spec.retention import Decay, KLSoftmax, LqNormalization, NoRetention
+from miras.space import ConfigError, MirasSpec, get_preset, list_presets
+from miras.space.bias import L2, DotProduct, Huber, Lp
+from miras.space.memory import MLPMemory, NonParametric, matrix
+from miras.space.algorithm import GD, Delta, Momentum
+from miras.space.algorithm import NonParametric as Attention
+from miras.space.retention import Decay, KLSoftmax, LqNormalization, NoRetention
 
 SPEC_TABLE = ["transformer", "linear-attention", "retnet", "mamba2", "deltanet", "gated-deltanet", "ttt-linear",
               "ttt-mlp", "titans-lmm", "moneta", "yaad", "memora", "titans-mac", "titans-mag", "titans-mal",

@@ -16,7 +16,7 @@ from dataclasses import MISSING, fields
 from typing import Any
 
 from . import memory as memories
-from .errors import require
+from ..errors import require
 from .registry import AXES, CHOICES
 from .spec import MirasSpec
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .errors import require
+from ..errors import require
 from .registry import choice
 
 ACTIVATIONS = ("gelu", "silu", "tanh", "identity")

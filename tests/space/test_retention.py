@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from miras.spec import ConfigError
-from miras.spec.retention import Decay, ElasticNet, KLSoftmax, LqNormalization, NoRetention
+from miras.space import ConfigError
+from miras.space.retention import Decay, ElasticNet, KLSoftmax, LqNormalization, NoRetention
 
 
 def _A():

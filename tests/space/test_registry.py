@@ -12,10 +12,10 @@ from miras.layers.memory import MemoryLayer
 from miras.models import MirasConfig, MirasLM
 from miras.ops.dispatch import memory_op
 from miras.ops.inputs import random_inputs
-from miras.spec import ConfigError, MirasSpec, get_preset, list_presets
-from miras.spec.registry import AXES, CHOICES, GATES, Gate, choice, gate
-from miras.spec.retention import Decay
-from miras.spec.tables import parameters
+from miras.space import ConfigError, MirasSpec, get_preset, list_presets
+from miras.space.registry import AXES, CHOICES, GATES, Gate, choice, gate
+from miras.space.retention import Decay
+from miras.space.tables import parameters
 
 INTERFACE = {"memory": ("describe", "gates", "is_matrix"), "bias": ("describe", "gates", "loss", "grad"),
              "retention": ("describe", "gates", "boundary", "decays", "per_channel", "identity_boundary"),

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import require
+from ..errors import require
 from .registry import Gate, choice, gate
 
 BOUNDARY_RULES = ("chunk-end", "every-token")

@@ -9,11 +9,11 @@ import torch
 from miras.ops import recurrent_reference
 from miras.ops.inputs import random_inputs
 from miras.ops.minibatch import chunk_minibatch
-from miras.spec import ConfigError, MirasSpec, get_preset
-from miras.spec.bias import Lp
-from miras.spec.memory import MLPMemory
-from miras.spec.optim import GD, Momentum
-from miras.spec.retention import LqNormalization
+from miras.space import ConfigError, MirasSpec, get_preset
+from miras.space.bias import Lp
+from miras.space.memory import MLPMemory
+from miras.space.algorithm import GD, Momentum
+from miras.space.retention import LqNormalization
 
 GATES = [LqNormalization(form="sphere", radius="init"), LqNormalization(form="sphere", radius=0.7),
          LqNormalization(form="paper", radius=1.0), LqNormalization(form="paper", radius="init"),

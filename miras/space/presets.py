@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .bias import DotProduct, Huber, L2, Lp
-from .errors import require
+from ..errors import require
 from .memory import MLPMemory, NonParametric, matrix
-from .optim import GD, Delta, Momentum
-from .optim import NonParametric as Attention
+from .algorithm import GD, Delta, Momentum
+from .algorithm import NonParametric as Attention
 from .retention import Decay, KLSoftmax, LqNormalization, NoRetention
 from .spec import MirasSpec
 

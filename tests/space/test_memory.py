@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from miras.spec import ConfigError
-from miras.spec.memory import MLPMemory, matrix
+from miras.space import ConfigError
+from miras.space.memory import MLPMemory, matrix
 
 MEMORIES = [matrix(), MLPMemory(depth=1), MLPMemory(depth=2), MLPMemory(depth=3, expansion=2, activation="silu"),
             MLPMemory(depth=2, residual=False, norm=False, activation="tanh")]

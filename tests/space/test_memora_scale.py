@@ -8,11 +8,11 @@ import torch
 from miras.ops import recurrent_reference
 from miras.ops.inputs import random_inputs
 from miras.ops.minibatch import chunk_minibatch
-from miras.spec import ConfigError, MirasSpec, get_preset
-from miras.spec.bias import L2
-from miras.spec.memory import MLPMemory
-from miras.spec.optim import GD, Momentum
-from miras.spec.retention import KLSoftmax
+from miras.space import ConfigError, MirasSpec, get_preset
+from miras.space.bias import L2
+from miras.space.memory import MLPMemory
+from miras.space.algorithm import GD, Momentum
+from miras.space.retention import KLSoftmax
 
 SCALES = [1.0, 3.0, "n_in", "sqrt_n_in"]
 

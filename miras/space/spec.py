@@ -5,15 +5,15 @@ from dataclasses import dataclass, replace
 
 from . import bias as biases
 from . import memory as memories
-from . import optim
+from . import algorithm as algorithms
 from . import retention as retentions
-from .errors import require
+from ..errors import require
 
 Memory = memories.MLPMemory | memories.NonParametric
 Bias = biases.DotProduct | biases.L2 | biases.Lp | biases.Huber | biases.ValueShiftRobustL2
 Retention = (retentions.NoRetention | retentions.Decay | retentions.LqNormalization
              | retentions.KLSoftmax | retentions.ElasticNet)
-Algorithm = optim.GD | optim.Momentum | optim.Delta | optim.NonParametric
+Algorithm = algorithms.GD | algorithms.Momentum | algorithms.Delta | algorithms.NonParametric
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,13 @@ class MirasSpec:
         require(isinstance(self.chunk_size, int) and self.chunk_size >= 1, "chunk_size",
                 self.chunk_size, "an integer >= 1", "1 is fully online; the papers use 16 or 64")
         nonparam = isinstance(m, memories.NonParametric)
-        require(nonparam == isinstance(a, optim.NonParametric), "algorithm", a.name,
+        require(nonparam == isinstance(a, algorithms.NonParametric), "algorithm", a.name,
                 "'attention' exactly when memory is non-parametric",
                 "pair NonParametric memory with the NonParametric algorithm")
         if nonparam:
             require(isinstance(r, retentions.NoRetention), "retention", r.name, "'none' for attention",
                     "use a sliding window in the layer instead of a retention gate")
-        if isinstance(a, optim.Delta):
+        if isinstance(a, algorithms.Delta):
             require(m.is_matrix, "memory", m.describe(), "a matrix memory for the exact delta rule",
                     "use memories.matrix() or the GD algorithm for deep memories")
             require(isinstance(b, biases.L2), "bias", b.name, "'l2' for the exact delta rule",
@@ -63,7 +63,7 @@ class MirasSpec:
         """The data-dependent gate tensors the recurrence reads (each a Gate record of registry.GATES), each
         [B, T, H], or [B, T, H, d_k] where `per_channel(name)`: the step size, then the retention's, the rest of
         the algorithm's, the bias' and the memory's own gates."""
-        if isinstance(self.algorithm, optim.NonParametric):
+        if isinstance(self.algorithm, algorithms.NonParametric):
             return ()
         a = self.algorithm.gates
         names = (*a[:1], *self.retention.gates, *a[1:], *self.bias.gates, *self.memory.gates)
@@ -76,7 +76,7 @@ class MirasSpec:
     @property
     def chunk_invariant(self) -> bool:
         """True when the chunk size does not change the function (an exact chunked form exists)."""
-        return (isinstance(self.algorithm, (optim.Delta, optim.NonParametric))
+        return (isinstance(self.algorithm, (algorithms.Delta, algorithms.NonParametric))
                 or (isinstance(self.bias, biases.DotProduct) and self.retention.identity_boundary))
 
     def with_chunk_size(self, chunk_size: int) -> "MirasSpec":
