@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from miras.eval.compare import CompareConfig, run_config
-from miras.eval.mqar import MQAR, mqar_accuracy
+from miras.data.mqar import MQAR
+from miras.eval.mqar import mqar_accuracy
 from miras.models import MirasLM
 from miras.models.lm import cross_entropy
 from miras.train.optim import build_optimizer, lr_at

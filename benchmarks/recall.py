@@ -28,7 +28,7 @@ stream/len-<L>.json) and MQAR model (mqar/.../done.json) is written atomically w
 ("skip ..." lines). Retraining a preset deletes its evaluated lengths.
 
 Training on the variant mixture: the trainer's task niah builds its own data (noise haystack, numbers); while this
-benchmark trains, miras.eval.tasks.task_batches is swapped for one returning miras.eval.niah.NeedleMix (the run's
+benchmark trains, miras.train.data.task_batches is swapped for one returning miras.eval.niah.NeedleMix (the run's
 config.json still says task niah).
 """
 from __future__ import annotations
@@ -239,9 +239,9 @@ def matched(c: RecallConfig, name: str) -> tuple[int, int]:
 @contextmanager
 def niah_mixture(variants: list[str]):
     """While training: task niah batches are NeedleMix over `variants` (train-split text haystack)."""
-    import miras.eval.tasks as tasks
+    import miras.train.data as tasks
     from miras.data import ByteTokenizer
-    from miras.eval.niah import RULER_SINGLE, NeedleMix
+    from miras.data.niah import RULER_SINGLE, NeedleMix
     from miras.train.data import RunData
     original = tasks.task_batches
 
@@ -335,7 +335,8 @@ def train_preset(c: RecallConfig, name: str, d_model: int) -> dict:
 def evaluate_preset(c: RecallConfig, name: str) -> dict[int, dict]:
     """{length: results} for every --lengths; each length is computed once and written to len-<L>.json."""
     from miras.eval.load import load_run
-    from miras.eval.niah import RULER_SINGLE, NeedleTask, depths, needle_accuracy
+    from miras.data.niah import RULER_SINGLE, NeedleTask, depths
+    from miras.eval.niah import needle_accuracy
     folder = Path(c.out_dir) / "niah" / name
     out, model, tok = {}, None, None
     for length in c.lengths:
@@ -383,7 +384,7 @@ def run_niah(c: RecallConfig) -> list[dict]:
         if plots_available():
             grid = [[sum(results[n]["by_variant"][v][j] for v in c.variants) / len(c.variants) for n in c.lengths]
                     for j in range(c.depths)]
-            from miras.eval.niah import depths
+            from miras.data.niah import depths
             heatmap(grid, depths(c.depths), c.lengths, out / "niah" / name / "heatmap.png",
                     f"S-NIAH: {name}", "context length", "needle depth")
     shown = [{k: v for k, v in r.items() if not k.startswith("niah_single")} for r in rows]
@@ -461,8 +462,9 @@ def peak_rss_mb() -> float:
 def stream_length(run_dir: str, length: int, depths_: list[float], piece: int, seed: int, threads: int) -> dict:
     """The pass key in a noise haystack of `length` tokens, read `piece` tokens per call with the states carried."""
     from miras.eval.load import load_run
-    from miras.eval.niah import NeedleTask, score_needle
-    from miras.eval.rng import EVAL, generator_for
+    from miras.data.niah import NeedleTask
+    from miras.eval.niah import score_needle
+    from miras.data.rng import EVAL, generator_for
     if threads:
         torch.set_num_threads(threads)
     model, tok, _ = load_run(run_dir)

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from miras.data import ByteTokenizer
-from miras.eval.niah import NeedleMix, NeedleTask, needle_accuracy
-from miras.eval.rng import generator_for
+from miras.data.niah import NeedleMix, NeedleTask
+from miras.eval.niah import needle_accuracy
+from miras.data.rng import generator_for
 
 ROOT = Path(__file__).resolve().parents[1]
 

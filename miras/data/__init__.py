@@ -1,4 +1,5 @@
-"""Data: corpora of whole documents, tokenizers, memory-mapped token files and LM batches.
+"""Data: corpora of whole documents, tokenizers, memory-mapped token files, LM batches and the synthetic tasks
+(MQAR, S-NIAH) as generators of pure per-step batches.
 
 Names are imported lazily (PEP 562) so that `python -m miras.data.corpus` runs without a
 double import of the corpus module.
@@ -12,6 +13,9 @@ _EXPORTS = {
     "tokenizer": ["BPETokenizer", "ByteTokenizer", "load_tokenizer", "train_bpe"],
     "tokens": ["TokenFile", "build_token_file", "open_token_file", "unigram_entropy"],
     "batches": ["LMBatches", "val_batches"],
+    "mqar": ["MQAR", "MQAR_SETTINGS"],
+    "niah": ["NIAH_LENGTHS", "NeedleMix", "NeedleTask", "depths"],
+    "tasks": ["TASKS", "get_task"],
 }
 _MODULE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE)

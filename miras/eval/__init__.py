@@ -1,7 +1,6 @@
-"""Evaluation tasks: MQAR (zoology) and S-NIAH (RULER), as scored eval sets and as training data."""
-from .mqar import MQAR, MQAR_SETTINGS, mqar_accuracy, score_mqar
-from .niah import NIAH_LENGTHS, NeedleTask, depths, greedy_generate, needle_accuracy, score_needle
-from .tasks import TASKS, get_task, task_batches
+"""Evaluation: scoring MQAR (zoology) and S-NIAH (RULER) answers, perplexity, compare, search, plots (the tasks'
+generators are in miras.data)."""
+from .mqar import mqar_accuracy, score_mqar
+from .niah import greedy_generate, needle_accuracy, score_needle
 
-__all__ = ["MQAR", "MQAR_SETTINGS", "NIAH_LENGTHS", "NeedleTask", "TASKS", "depths", "get_task",
-           "greedy_generate", "mqar_accuracy", "needle_accuracy", "score_mqar", "score_needle", "task_batches"]
+__all__ = ["greedy_generate", "mqar_accuracy", "needle_accuracy", "score_mqar", "score_needle"]

@@ -22,7 +22,8 @@ from ..errors import require
 from ..train.config import MAX_LAYERS, DataConfig, OptimConfig, RunConfig, RunOptions
 from ..train.trainer import train
 from .load import load_run
-from .mqar import MQAR, mqar_accuracy
+from ..data.mqar import MQAR
+from .mqar import mqar_accuracy
 from .plots import line_plot
 
 DEFAULT_PRESETS = ("transformer", "mamba2", "gated-deltanet", "titans-lmm", "moneta", "yaad", "memora")

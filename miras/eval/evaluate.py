@@ -8,8 +8,10 @@ from pathlib import Path
 from ..data import load_documents, open_token_file, split_documents
 from ..errors import require
 from .load import load_run
-from .mqar import MQAR, mqar_accuracy
-from .niah import NeedleTask, needle_accuracy
+from ..data.mqar import MQAR
+from ..data.niah import NeedleTask
+from .mqar import mqar_accuracy
+from .niah import needle_accuracy
 from .perplexity import perplexity_by_position
 from .plots import heatmap, line_plot
 

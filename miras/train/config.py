@@ -22,7 +22,7 @@ MAX_MICRO_TOKENS = 2 ** 24                       # optim.batch_size x data.seq_l
 @dataclass
 class DataConfig:
     corpus: str = "shakespeare"       # embedded name, a .jsonl(.xz) / .txt file or a folder of .txt
-    task: str = "text"                # "text" (language modeling) or a synthetic task of miras.eval.tasks
+    task: str = "text"                # "text" (language modeling) or a synthetic task of miras.data.tasks
     tokenizer: str = "byte"           # "byte" or "bpe" (trained on the train split, saved in the run folder)
     bpe_vocab: int = 4096
     seq_len: int = 256

@@ -7,12 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+import torch
 import torch.distributed as dist
 
 from ..data import (LMBatches, ByteTokenizer, build_token_file, load_documents, load_tokenizer, open_token_file,
                     split_documents, train_bpe, unigram_entropy, val_batches)
+from ..data.mqar import MQAR
+from ..data.niah import NeedleTask
+from ..data.tasks import TASKS
 from ..data.tokens import source_hash
-from ..errors import ConfigError
+from ..errors import ConfigError, require
 from .config import RunConfig
 
 
@@ -64,7 +68,6 @@ def build_data(cfg: RunConfig, run_dir: Path, rank: int, world: int, write: bool
     """Tokenizes the corpus once per run folder (rank 0 writes, the others wait) and memory-maps it."""
     d, o, seed = cfg.data, cfg.optim, cfg.run.seed
     if d.task != "text":
-        from ..eval.tasks import task_batches
         return task_batches(cfg, rank, world)
     train_docs, val_docs = split_documents(load_documents(d.corpus), d.val_fraction, seed=0)
     tok = _tokenizer(cfg, run_dir, train_docs, write)
@@ -82,3 +85,36 @@ def build_data(cfg: RunConfig, run_dir: Path, rank: int, world: int, write: bool
         vocab_size=tok.vocab_size, tokenizer_name=tok.name,
         unigram_loss=unigram_entropy(train_tokens, tok.vocab_size),
         document_start=tok.eos_id if d.documents == "reset" else None)
+
+
+def _label_entropy(batches) -> float:
+    """Entropy (nats) of the empirical distribution of the labeled tokens (labels != -100) of batches."""
+    labels = torch.cat([y[y != -100] for _, y in batches])
+    p = torch.bincount(labels).double() / labels.numel()
+    p = p[p > 0]
+    return float(-(p * p.log()).sum())
+
+
+def task_batches(cfg, rank: int, world: int, tokenizer=None) -> RunData:
+    """Training data for cfg.data.task in TASKS (world is unused: the rank alone separates the streams).
+
+    mqar: seq_len = cfg.data.seq_len, pairs = cfg.data.mqar_pairs (16 when absent), vocab_size =
+        cfg.data.mqar_vocab (256 when absent); unigram_loss = log(V - V//2), the loss of guessing among the
+        value ids at the labeled positions.
+    niah: noise haystack, random depth, numbers, context = cfg.data.seq_len, `tokenizer` (default
+        miras.data.ByteTokenizer); unigram_loss = entropy of the labeled answer tokens of the val batches.
+    Both: val_batches = run.eval_batches held-out batches of optim.batch_size, the same for every rank.
+    """
+    d, bs, seed, n_val = cfg.data, cfg.optim.batch_size, cfg.run.seed, cfg.run.eval_batches
+    require(d.task in TASKS, "data.task", d.task, f"'text' or one of {sorted(TASKS)}")
+    if d.task == "mqar":
+        task = MQAR(seq_len=d.seq_len, num_kv_pairs=getattr(d, "mqar_pairs", 16),
+                    vocab_size=getattr(d, "mqar_vocab", 256), batch_size=bs, seed=seed, rank=rank)
+        inputs, labels = task.eval_set(n_val * bs)
+        val = list(zip(inputs.split(bs), labels.split(bs)))
+        return RunData(task, lambda: val, task.vocab_size, "mqar", task.chance_loss)
+    if tokenizer is None:
+        tokenizer = ByteTokenizer()
+    task = NeedleTask(context_tokens=d.seq_len, depth=None, tokenizer=tokenizer, batch_size=bs, seed=seed, rank=rank)
+    val = [task.eval_batch(i) for i in range(n_val)]
+    return RunData(task, lambda: val, tokenizer.vocab_size, getattr(tokenizer, "name", "byte"), _label_entropy(val))

@@ -1,6 +1,7 @@
 """End to end: a tiny model trained for a few hundred steps on MQAR clearly beats chance."""
 from miras.eval.load import load_run
-from miras.eval.mqar import MQAR, mqar_accuracy
+from miras.data.mqar import MQAR
+from miras.eval.mqar import mqar_accuracy
 from miras.train.config import load_run_config
 from miras.train.trainer import train
 

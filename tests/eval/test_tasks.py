@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from miras.eval import (MQAR, MQAR_SETTINGS, NIAH_LENGTHS, NeedleTask, depths, get_task, greedy_generate,
-                        mqar_accuracy, needle_accuracy, score_mqar, score_needle, task_batches)
-from miras.eval.niah import HEAD, RULER_SINGLE, UUID_PATTERN, WORDS
-from miras.eval.rng import generator_for
+from miras.data import MQAR, MQAR_SETTINGS, NIAH_LENGTHS, NeedleTask, depths, get_task
+from miras.eval import greedy_generate, mqar_accuracy, needle_accuracy, score_mqar, score_needle
+from miras.train.data import task_batches
+from miras.data.niah import HEAD, RULER_SINGLE, UUID_PATTERN, WORDS
+from miras.data.rng import generator_for
 from miras.models import MirasConfig, MirasLM
 from miras.space import ConfigError
 from miras.train.config import DataConfig, OptimConfig, RunConfig, RunOptions

@@ -111,7 +111,7 @@ def passkey(noise: str, repeats=(2, 5, 10, 20), depths=(0.0, 0.25, 0.5, 0.75, 1.
 
 def task_data() -> dict[str, list[dict]]:
     """The examples of every local task, by file name (deterministic)."""
-    from ..niah import NOISE
+    from ...data.niah import NOISE
     docs = _held_out_documents()
     return {DATA_FILES["miras_shakespeare_mc"]: shakespeare_mc(docs),
             DATA_FILES["miras_shakespeare_ppl"]: shakespeare_ppl(docs),
