@@ -111,3 +111,12 @@ def test_a_config_file_model_trains_resumes_exports_generates_and_compares(tmp_p
     table = (compared / "table.md").read_text()
     assert "| new-model |" in table and "| gated-deltanet |" in table
     assert load_run(compared / "new-model")[0].config.memory_spec == expected_spec()
+
+
+def test_configs_of_other_versions_load_or_name_the_version():
+    old = {k: v for k, v in MirasConfig(preset="moneta").to_dict().items() if k != "spec"}   # before `spec` existed
+    assert MirasConfig.from_dict(old) == MirasConfig(preset="moneta")
+    newer = {**MirasConfig(preset="moneta").to_dict(), "miras_version": "9.0.0", "mixture": 4}
+    with pytest.raises(ConfigError, match=r"mixture.*written by miras 9\.0\.0"):
+        MirasConfig.from_dict(newer)
+    assert MirasConfig.from_dict({**old, "miras_version": "0.1.0"}) == MirasConfig(preset="moneta")

@@ -8,6 +8,7 @@ from ..space import MirasSpec, get_preset
 from ..errors import require
 from ..space.tables import merge_spec, spec_from_dict, spec_to_dict
 
+VERSION = "0.1.0"                 # miras.__version__, written next to every saved model config
 MIXERS = ("attention", "swa", "memory", "mamba2", "ttt", "memory+swa", "titans-mal", "titans-mag", "titans-mac")
 
 
@@ -95,9 +96,15 @@ class MirasConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "MirasConfig":
+        """A config from to_dict's form, of this version or an older one (without `spec` or `miras_version`: the
+        preset's spec); keys this version does not know are refused with the version that wrote them."""
+        data = dict(data)
+        written_by = data.pop("miras_version", None)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
-        require(not unknown, "config keys", unknown, f"keys of MirasConfig: {sorted(known)}")
+        require(not unknown, "config keys", unknown, f"keys of MirasConfig in miras {VERSION}: {sorted(known)}",
+                f"the config was written by miras {written_by or '(a version before 0.1.0)'}; load it with that "
+                "version, or drop the keys")
         return cls(**data)
 
     def to_json(self) -> str:

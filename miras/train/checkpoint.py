@@ -149,7 +149,8 @@ def read_meta(path: str | Path) -> dict:
 
 
 def _resolved(model_config: dict) -> dict:
-    """A checkpoint's model config as this version writes it (older ones lack the resolved spec)."""
+    """A model config as this version writes it (older ones lack the resolved spec; config.json's resolved_model
+    also names the miras version that wrote it)."""
     from ..models.config import MirasConfig
     try:
         return MirasConfig.from_dict(model_config).to_dict()
@@ -169,7 +170,7 @@ def read_checkpoint(path: str | Path, expect_model_config: dict | None = None) -
         theirs = meta.get("model_config")
         if not theirs:
             raise _corrupt(path, "meta.json has no model_config")
-        theirs = _resolved(theirs)
+        theirs, expect_model_config = _resolved(theirs), _resolved(expect_model_config)
         if theirs != expect_model_config:
             diff = {k: (theirs.get(k), v) for k, v in expect_model_config.items() if theirs.get(k) != v}
             raise ConfigError(f"checkpoint {path} was trained with a different model config; "

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from ..models import MirasConfig, MirasLM
+from ..models.config import VERSION
 from ..models.lm import cross_entropy
 from ..models.sizes import config_for_size
 from ..errors import ConfigError, require
@@ -319,7 +320,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
         restore_rng(ckpt)
         start_step, last = ckpt_meta["step"], dict(ckpt_meta.get("metrics") or {})
     if d.main:
-        (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "resolved_model": mcfg.to_dict()}, indent=2))
+        (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "resolved_model": {
+            **mcfg.to_dict(), "miras_version": VERSION}}, indent=2))
     log = MetricsLog(run_dir, d.main, cfg.run.tensorboard)
     log.truncate(start_step)
     summary = {"run_dir": str(run_dir), "unigram_loss": data.unigram_loss, "tokenizer": data.tokenizer_name,
@@ -332,7 +334,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp == torch.float16)
     o = cfg.optim
     tokens_per_step = o.batch_size * o.grad_accum * cfg.data.seq_len * d.world
-    meta = {"model_config": mcfg.to_dict(), "tokenizer": data.tokenizer_name}
+    meta = {"model_config": mcfg.to_dict(), "tokenizer": data.tokenizer_name, "miras_version": VERSION}
     start_time, skipped = time.time(), 0
     step = start_step
     while step < o.steps:
