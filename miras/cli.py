@@ -74,11 +74,7 @@ def _demo(args) -> None:
 
 
 def _bench(args) -> None:
-    if args.what == "decode":
-        from .bench.decode import main as bench_main
-    else:
-        from .bench.ops import main as bench_main
-    bench_main(args.flags)
+    args.bench_module.run_args(args.bench_module.check(args.bench_parser, args))
 
 
 def _train(args) -> None:
@@ -201,13 +197,19 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--heads", type=int, default=2)
     demo.add_argument("--d-head", type=int, default=16)
     demo.set_defaults(fn=_demo)
-    bench = sub.add_parser("bench", help="benchmarks; `miras bench ops --help` / `miras bench decode --help` "
-                                         "list the flags")
-    bench.add_argument("what", choices=["ops", "decode"],
-                       help="ops: every memory op against its recurrent reference; decode: every preset's "
-                            "prefill tok/s, decode ms/token and state memory at long contexts")
-    bench.add_argument("flags", nargs=argparse.REMAINDER, help="forwarded to the benchmark")
-    bench.set_defaults(fn=_bench)
+    bench = sub.add_parser("bench", help="benchmarks: ops (every memory op against its recurrent reference), decode "
+                                         "(prefill tok/s, decode ms/token and state memory at long contexts)")
+    bench_sub = bench.add_subparsers(dest="what", required=True, metavar="{ops,decode}")
+    from .bench import decode as bench_decode
+    from .bench import ops as bench_ops
+    for name, module, text in (("ops", bench_ops, "every memory op against its recurrent reference: tokens/s, "
+                                "memory, roofline, the peers"),
+                               ("decode", bench_decode, "every preset's prefill tok/s, decode ms/token and state "
+                                "memory at long contexts")):
+        sp = bench_sub.add_parser(name, help=text, description=module.__doc__.split("\n\n")[0],
+                                  allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sp)
+        sp.set_defaults(fn=_bench, bench_module=module, bench_parser=sp)
     train = sub.add_parser("train", help="train a model (config file + section.key=value overrides)")
     train.add_argument("--config", help="a .json / .toml / .yaml run config")
     train.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in "

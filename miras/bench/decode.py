@@ -229,9 +229,15 @@ def _ints(s: str) -> list[int]:
     return values
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="miras bench decode", description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of `miras bench decode` (also the `miras bench decode` subcommand's)."""
     p.add_argument("--presets", nargs="+", choices=list_presets(), metavar="NAME",
                    help=f"default: all {len(list_presets())} presets ({list(QUICK_PRESETS)} with --quick)")
     p.add_argument("--contexts", type=_ints, help=f"comma-separated context lengths (default "
@@ -241,11 +247,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=4, help="untimed decode steps before them (default 4)")
     p.add_argument("--prefill-chunk", type=int, default=2048, help="prefill piece length (default 2048)")
     p.add_argument("--max-seconds", type=float, default=120.0, help="per-preset time cap (default 120)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--quick", action="store_true",
                    help=f"contexts {list(QUICK_CONTEXTS)}, 4 steps, presets {list(QUICK_PRESETS)} (for tests)")
     p.add_argument("--out", default="runs/bench_decode.json", help="JSON results (folder created)")
-    args = p.parse_args(argv)
+
+
+def check(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """p.error (exit 2, one line) for a flag out of range."""
     for name in ("steps", "warmup", "prefill_chunk", "threads"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "warmup" else 1):
@@ -253,8 +262,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = parser()
+    return check(p, p.parse_args(argv))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    return run_args(parse_args(argv))
+
+
+def run_args(args: argparse.Namespace) -> int:
     presets = args.presets or (list(QUICK_PRESETS) if args.quick else None)
     contexts = args.contexts or (QUICK_CONTEXTS if args.quick else CONTEXTS)
     steps = args.steps or (4 if args.quick else 32)

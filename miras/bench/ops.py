@@ -356,9 +356,15 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="miras bench ops", description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of `miras bench ops` (also the `miras bench ops` subcommand's)."""
     p.add_argument("--presets", nargs="+", choices=list_presets(), metavar="NAME",
                    help="default: every distinct memory spec (`miras presets` lists the names)")
     p.add_argument("--seqlens", nargs="+", type=int,
@@ -368,10 +374,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ref-repeats", type=int, default=1, help="timed runs of the reference")
     p.add_argument("--max-seconds", type=float, default=Caps.seconds, help="per-cell cap on one forward + backward")
     p.add_argument("--max-mib", type=float, default=Caps.mib, help="per-cell memory cap (default: half the RAM)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--quick", action="store_true", help=f"T = {list(QUICK_SEQLENS)}, 1 repeat")
     p.add_argument("--out", default="runs/bench_ops.json", help="JSON results (folder created)")
-    args = p.parse_args(argv)
+
+
+def check(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """p.error (exit 2, one line) for a flag out of range."""
     for name in ("seqlens", "repeats", "ref_seqlen", "ref_repeats", "threads", "max_seconds", "max_mib"):
         values = getattr(args, name)
         for value in values if isinstance(values, list) else [values]:
@@ -380,8 +389,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = parser()
+    return check(p, p.parse_args(argv))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    return run_args(parse_args(argv))
+
+
+def run_args(args: argparse.Namespace) -> int:
     seqlens = args.seqlens or (QUICK_SEQLENS if args.quick else SEQLENS)
     repeats = args.repeats or (1 if args.quick else 3)
     out = Path(args.out)
