@@ -11,3 +11,29 @@ def rel_errors(got: dict, want: dict) -> dict:
     """name -> rel_err(got[name], want[name]); the two dicts must have the same names."""
     assert got.keys() == want.keys()
     return {n: rel_err(got[n], want[n]) for n in want}
+
+
+def assert_engine_equals_reference(spec, seqlen: int, tol: float = 1e-9, **inputs) -> None:
+    """The mini-batch engine against the recurrent reference on random_inputs(spec, seqlen, ...): outputs, the final
+    accumulator and the gradients (wrt q, k, v, the gates, the start state) of a random projection of both, each
+    within tol relative RMS (float64)."""
+    import torch
+
+    from miras.ops import recurrent_reference
+    from miras.ops.inputs import random_inputs
+    from miras.ops.minibatch import chunk_minibatch
+    q, k, v, gates, state = random_inputs(spec, seqlen=seqlen, requires_grad=True, **inputs)
+    leaves = [q, k, v, *gates.values(), *state.A.values(), *(state.S.values() if state.S is not None else ())]
+    outs = []
+    for fn in (recurrent_reference, chunk_minibatch):
+        y, final = fn(spec, q, k, v, gates, state)
+        w = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype)
+        loss = (y * w).sum() + sum(a.sum() for a in final.A.values())
+        outs.append((y.detach(), {n: a.detach() for n, a in final.A.items()}, torch.autograd.grad(loss, leaves)))
+    (y0, A0, g0), (y1, A1, g1) = outs
+    assert y0.dtype == torch.float64
+    assert rel_err(y1, y0) <= tol
+    for n in A0:
+        assert rel_err(A1[n], A0[n]) <= tol, n
+    for i, (a, b) in enumerate(zip(g1, g0)):
+        assert rel_err(a, b) <= tol, i

@@ -7,12 +7,13 @@ import torch
 
 from miras.ops import recurrent_reference
 from miras.ops.inputs import random_inputs
-from miras.ops.minibatch import chunk_minibatch
 from miras.space import ConfigError, MirasSpec, get_preset
 from miras.space.bias import L2
 from miras.space.memory import MLPMemory
 from miras.space.algorithm import GD, Momentum
 from miras.space.retention import KLSoftmax
+
+from ..ops.helpers import assert_engine_equals_reference
 
 SCALES = [1.0, 3.0, "n_in", "sqrt_n_in"]
 
@@ -91,20 +92,7 @@ def test_online_memora_is_the_papers_scaled_mirror_descent(scale):
 @pytest.mark.parametrize("seqlen,chunk", [(7, 4), (37, 8), (64, 16)], ids=str)
 def test_chunked_engine_equals_the_reference_with_c(retention, seqlen, chunk):
     spec = MirasSpec(MLPMemory(depth=2, expansion=2), L2(), retention, Momentum(), chunk_size=chunk)
-    q, k, v, gates, state = random_inputs(spec, batch=2, seqlen=seqlen, heads=2, d_k=4, requires_grad=True)
-    leaves = [q, k, v, *gates.values(), *state.A.values()]
-    outs = []
-    for fn in (recurrent_reference, chunk_minibatch):
-        y, final = fn(spec, q, k, v, gates, state)
-        w = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype)
-        loss = (y * w).sum() + sum(a.sum() for a in final.A.values())
-        outs.append((y.detach(), {n: a.detach() for n, a in final.A.items()}, torch.autograd.grad(loss, leaves)))
-    (y0, A0, g0), (y1, A1, g1) = outs
-    assert _rel_err(y1, y0) <= 1e-9
-    for n in A0:
-        assert _rel_err(A1[n], A0[n]) <= 1e-9, n
-    for i, (a, b) in enumerate(zip(g1, g0)):
-        assert _rel_err(a, b) <= 1e-9, i
+    assert_engine_equals_reference(spec, seqlen, batch=2, heads=2, d_k=4)
 
 
 @pytest.mark.parametrize("scale", [0.0, -1.0, float("inf"), "n", True], ids=str)

@@ -8,12 +8,13 @@ import torch
 
 from miras.ops import recurrent_reference
 from miras.ops.inputs import random_inputs
-from miras.ops.minibatch import chunk_minibatch
 from miras.space import ConfigError, MirasSpec, get_preset
 from miras.space.bias import Lp
 from miras.space.memory import MLPMemory
 from miras.space.algorithm import GD, Momentum
 from miras.space.retention import LqNormalization
+
+from ..ops.helpers import assert_engine_equals_reference
 
 GATES = [LqNormalization(form="sphere", radius="init"), LqNormalization(form="sphere", radius=0.7),
          LqNormalization(form="paper", radius=1.0), LqNormalization(form="paper", radius="init"),
@@ -153,21 +154,7 @@ def test_online_moneta_is_the_per_token_equation(gate):
 def test_chunked_engine_equals_the_reference_with_every_gradient(gate, seqlen, chunk, algorithm):
     spec = MirasSpec(MLPMemory(depth=2, expansion=2, residual=True, norm=True), Lp(p=3.0), gate, algorithm,
                      chunk_size=chunk)
-    q, k, v, gates, state = random_inputs(spec, batch=2, seqlen=seqlen, heads=2, d_k=4, requires_grad=True)
-    leaves = [q, k, v, *gates.values(), *state.A.values(), *(state.S.values() if state.S is not None else ())]
-    outs = []
-    for fn in (recurrent_reference, chunk_minibatch):
-        y, final = fn(spec, q, k, v, gates, state)
-        w = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype)
-        loss = (y * w).sum() + sum(a.sum() for a in final.A.values())
-        outs.append((y.detach(), {n: a.detach() for n, a in final.A.items()}, torch.autograd.grad(loss, leaves)))
-    (y0, A0, g0), (y1, A1, g1) = outs
-    assert y0.dtype == torch.float64
-    assert _rel_err(y1, y0) <= 1e-9
-    for n in A0:
-        assert _rel_err(A1[n], A0[n]) <= 1e-9, n
-    for i, (a, b) in enumerate(zip(g1, g0)):
-        assert _rel_err(a, b) <= 1e-9, i
+    assert_engine_equals_reference(spec, seqlen, batch=2, heads=2, d_k=4)
 
 
 @pytest.mark.parametrize("kwargs,field", [({"form": "exact"}, "retention.form"), ({"radius": 0.0}, "retention.radius"),
