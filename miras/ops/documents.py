@@ -48,8 +48,8 @@ def spans(resets: Tensor) -> list[list[tuple[int, int]]]:
     """resets [B, T] -> per row, its documents as (start, end) pairs covering [0, T) in order."""
     B, T = resets.shape
     out = []
-    for row in resets.tolist():
-        cuts = [0] + [t for t in range(1, T) if row[t]] + [T]
+    for row in resets:
+        cuts = [0] + (row[1:].nonzero().flatten() + 1).tolist() + [T]
         out.append([(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a])
     return out
 
