@@ -231,16 +231,12 @@ def invalid_points(c: SearchConfig, space: dict, base=None) -> dict[str, str]:
 
 @torch.no_grad()
 def decode_tok_s(model, length: int, vocab: int, steps: int = 32, warmup: int = 4) -> float:
-    """One-token decode steps per second (batch 1) from the state after `length` tokens."""
+    """One-token decode steps per second (batch 1) from the state after `length` tokens (`miras bench decode`'s
+    timed loop)."""
+    from ..bench.decode import decode
     ids = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(0))
     _, states = model(ids)
-    token = ids[:, -1:]
-    for i in range(warmup + steps):
-        if i == warmup:
-            start = time.perf_counter()
-        logits, states = model(token, states)
-        token = logits[:, -1:].argmax(-1)
-    return steps / (time.perf_counter() - start)
+    return steps / sum(decode(model, states, ids[:, -1:], steps, warmup))
 
 
 # -- the study ---------------------------------------------------------------------------------------------------
