@@ -27,9 +27,7 @@ finished model is skipped (niah/<preset>/train.json), and every evaluated length
 stream/len-<L>.json) and MQAR model (mqar/.../done.json) is written atomically when done and skipped when present
 ("skip ..." lines). Retraining a preset deletes its evaluated lengths.
 
-Training on the variant mixture: the trainer's task niah builds its own data (noise haystack, numbers); while this
-benchmark trains, miras.train.data.task_batches is swapped for one returning miras.eval.niah.NeedleMix (the run's
-config.json still says task niah).
+Training on the variant mixture is the trainer's own data.niah_variants (recorded in each run's config.json).
 """
 from __future__ import annotations
 
@@ -42,7 +40,6 @@ import resource
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -236,31 +233,6 @@ def matched(c: RecallConfig, name: str) -> tuple[int, int]:
     return match_parameters(c, name)
 
 
-@contextmanager
-def niah_mixture(variants: list[str]):
-    """While training: task niah batches are NeedleMix over `variants` (train-split text haystack)."""
-    import miras.train.data as tasks
-    from miras.data import ByteTokenizer
-    from miras.data.niah import RULER_SINGLE, NeedleMix
-    from miras.train.data import RunData
-    original = tasks.task_batches
-
-    def mixed(cfg, rank, world, tokenizer=None):
-        if cfg.data.task != "niah":
-            return original(cfg, rank, world, tokenizer)
-        tok = ByteTokenizer()
-        task = NeedleMix(tuple(RULER_SINGLE[v] for v in variants), cfg.data.seq_len, documents("train"), tok,
-                         cfg.optim.batch_size, cfg.run.seed, rank)
-        val = [task.eval_batch(i) for i in range(cfg.run.eval_batches)]
-        return RunData(task, lambda: val, tok.vocab_size, tok.name, tasks._label_entropy(val))
-
-    tasks.task_batches = mixed
-    try:
-        yield
-    finally:
-        tasks.task_batches = original
-
-
 _DOCS: dict = {}
 
 
@@ -296,7 +268,7 @@ def run_config(c: RecallConfig, name: str, d_model: int, run_dir: Path, minutes:
     from miras.models import MirasConfig
     from miras.train.config import DataConfig, OptimConfig, RunConfig, RunOptions
     return RunConfig(model=MirasConfig(**base_model(c, name, d_model)), size="",
-                     data=DataConfig(task="niah", seq_len=c.train_len),
+                     data=DataConfig(task="niah", seq_len=c.train_len, niah_variants=list(c.variants)),
                      optim=OptimConfig(lr=c.lr, steps=c.steps, batch_size=c.batch_size,
                                        warmup_steps=min(50, c.steps // 10)),
                      run=RunOptions(out_dir=str(run_dir), seed=c.seed, log_every=max(1, min(50, c.steps // 10)),
@@ -322,8 +294,7 @@ def train_preset(c: RecallConfig, name: str, d_model: int) -> dict:
     print(f"{'resume' if resume else 'train'} {name}: d_model {d_model}, {c.steps} steps, "
           f"{minutes:.2f} min cap", flush=True)
     start = time.time()
-    with niah_mixture(c.variants):
-        summary = train(run_config(c, name, d_model, run_dir, minutes), resume=resume, overwrite=not resume)
+    summary = train(run_config(c, name, d_model, run_dir, minutes), resume=resume, overwrite=not resume)
     record = {"d_model": d_model, "steps": summary["steps"], "loss": summary.get("loss"),
               "val_loss": summary.get("val_loss"),
               "parameters": summary["parameters"], "train_min": spent_minutes(run_dir) or (time.time() - start) / 60,

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..models.config import MirasConfig
+from ..data.niah import RULER_SINGLE
 from ..errors import ConfigError, require
 
 
@@ -31,6 +32,8 @@ class DataConfig:
     val_fraction: float = 0.1
     mqar_pairs: int = 16              # task=mqar: key-value pairs per sequence
     mqar_vocab: int = 256             # task=mqar: vocabulary (keys: lower half, values: upper half)
+    niah_variants: list[str] = field(default_factory=lambda: ["niah_single_1"])   # task=niah: RULER's
+                                      # single-needle variants mixed per row (text ones read data.corpus)
 
 
 @dataclass
@@ -104,6 +107,8 @@ class RunConfig:
             ("optim.clip", o.clip, o.clip >= 0, ">= 0 (0 disables)"),
             ("data.seq_len", d.seq_len, d.seq_len >= 2, ">= 2"),
             ("data.tokenizer", d.tokenizer, d.tokenizer in ("byte", "bpe"), "'byte' or 'bpe'"),
+            ("data.niah_variants", d.niah_variants, isinstance(d.niah_variants, list) and len(d.niah_variants) >= 1
+             and all(v in RULER_SINGLE for v in d.niah_variants), f"a non-empty list of {sorted(RULER_SINGLE)}"),
             ("data.documents", d.documents, d.documents in ("reset", "stream"),
              "'reset' (each document from a fresh state) or 'stream' (windows read across documents)"),
             ("run.device", r.device, r.device in ("auto", "cpu", "cuda"), "auto | cpu | cuda"),

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from ..data import (LMBatches, ByteTokenizer, build_token_file, load_documents, load_tokenizer, open_token_file,
                     split_documents, train_bpe, unigram_entropy, val_batches)
 from ..data.mqar import MQAR
-from ..data.niah import NeedleTask
+from ..data.niah import RULER_SINGLE, NeedleMix, NeedleTask
 from ..data.tasks import TASKS
 from ..data.tokens import source_hash
 from ..errors import ConfigError, require
@@ -101,8 +101,10 @@ def task_batches(cfg, rank: int, world: int, tokenizer=None) -> RunData:
     mqar: seq_len = cfg.data.seq_len, pairs = cfg.data.mqar_pairs (16 when absent), vocab_size =
         cfg.data.mqar_vocab (256 when absent); unigram_loss = log(V - V//2), the loss of guessing among the
         value ids at the labeled positions.
-    niah: noise haystack, random depth, numbers, context = cfg.data.seq_len, `tokenizer` (default
-        miras.data.ByteTokenizer); unigram_loss = entropy of the labeled answer tokens of the val batches.
+    niah: RULER's single-needle variants cfg.data.niah_variants (default niah_single_1: numbers in the noise
+        haystack; the text ones use the train split of data.corpus), one drawn per row, random depth, context =
+        cfg.data.seq_len, `tokenizer` (default miras.data.ByteTokenizer); unigram_loss = entropy of the labeled
+        answer tokens of the val batches.
     Both: val_batches = run.eval_batches held-out batches of optim.batch_size, the same for every rank.
     """
     d, bs, seed, n_val = cfg.data, cfg.optim.batch_size, cfg.run.seed, cfg.run.eval_batches
@@ -115,6 +117,14 @@ def task_batches(cfg, rank: int, world: int, tokenizer=None) -> RunData:
         return RunData(task, lambda: val, task.vocab_size, "mqar", task.chance_loss)
     if tokenizer is None:
         tokenizer = ByteTokenizer()
-    task = NeedleTask(context_tokens=d.seq_len, depth=None, tokenizer=tokenizer, batch_size=bs, seed=seed, rank=rank)
+    variants = getattr(d, "niah_variants", ["niah_single_1"])
+    if variants == ["niah_single_1"]:
+        task = NeedleTask(context_tokens=d.seq_len, depth=None, tokenizer=tokenizer, batch_size=bs, seed=seed,
+                          rank=rank)
+    else:
+        text = any(RULER_SINGLE[v][0] == "text" for v in variants)
+        docs = tuple(doc.text for doc in split_documents(load_documents(d.corpus), d.val_fraction, seed=0)[0]) \
+            if text else ()
+        task = NeedleMix(tuple(RULER_SINGLE[v] for v in variants), d.seq_len, docs, tokenizer, bs, seed, rank)
     val = [task.eval_batch(i) for i in range(n_val)]
     return RunData(task, lambda: val, tokenizer.vocab_size, getattr(tokenizer, "name", "byte"), _label_entropy(val))

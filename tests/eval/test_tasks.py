@@ -306,3 +306,18 @@ def test_task_batches_are_pure_per_step_and_differ_by_rank(task, seq_len):
 def test_task_batches_rejects_an_unknown_task():
     with pytest.raises(ConfigError, match="niah"):
         task_batches(run_config("copy", 64), 0, 1)
+
+
+def test_task_niah_mixes_the_variants_it_is_given():
+    """data.niah_variants: the rows are drawn from the named RULER variants (the text ones in the corpus's text);
+    the default is the noise haystack alone."""
+    cfg = RunConfig(data=DataConfig(task="niah", seq_len=512, niah_variants=["niah_single_2", "niah_single_3"]),
+                    optim=OptimConfig(batch_size=8), run=RunOptions(eval_batches=1))
+    inputs, _ = task_batches(cfg, rank=0, world=1, tokenizer=ByteTok()).train.batch(0)
+    text = [bytes(row.tolist()).decode("utf-8", "replace") for row in inputs]
+    assert not any("The grass is green" in t for t in text)                  # no noise haystack
+    assert any("uuids" in t for t in text) and any("numbers" in t for t in text)
+    default = task_batches(run_config("niah", 512), rank=0, world=1, tokenizer=ByteTok()).train.batch(0)[0]
+    assert all("The grass is green" in bytes(row.tolist()).decode("utf-8", "replace") for row in default)
+    with pytest.raises(ConfigError, match="data.niah_variants"):
+        RunConfig.from_dict({"data": {"task": "niah", "niah_variants": ["niah_multi"]}})

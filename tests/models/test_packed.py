@@ -135,7 +135,7 @@ def test_the_trainer_resets_at_every_document_by_default():
     assert data.resets(inputs).tolist() == [[False, True, False, False, True]]
     assert RunData(None, None, 256, "byte", 0.0).resets(inputs) is None
     with pytest.raises(ConfigError, match="data.documents"):
-        RunConfig.from_dict({"data": {"documents": "merge"}}).validate()
+        RunConfig.from_dict({"data": {"documents": "merge"}})
 
 
 def test_perplexity_restarts_at_every_document_like_training():
