@@ -146,7 +146,7 @@ def _compare(args) -> None:
 def _add_compare_flags(parser: argparse.ArgumentParser) -> None:
     from dataclasses import MISSING, fields
 
-    from .eval.compare import CompareConfig
+    from .eval.compare import DEFAULT_STEPS, STEPS, CompareConfig
     for f in fields(CompareConfig):
         default = f.default if f.default is not MISSING else f.default_factory()
         flag = "--" + f.name.replace("_", "-")
@@ -154,8 +154,9 @@ def _add_compare_flags(parser: argparse.ArgumentParser) -> None:
             kind = int if default and isinstance(default[0], int) else str
             parser.add_argument(flag, type=_int_list if kind is int else lambda s: s.split(","), default=default,
                                 help=f"comma-separated (default {','.join(map(str, default))})")
-        elif default is None:                   # --chunk-size: each preset's own unless given
-            parser.add_argument(flag, type=int, default=None, help="(default: each preset's own)")
+        elif default is None:                   # --chunk-size, --steps: each preset's own unless given
+            budgets = f": {', '.join(f'{k} {v}' for k, v in STEPS.items())}, others {DEFAULT_STEPS}" if f.name == "steps" else ""
+            parser.add_argument(flag, type=int, default=None, help=f"(default: each preset's own{budgets})")
         else:
             parser.add_argument(flag, type=type(default), default=default, help=f"(default {default})")
 

@@ -1,8 +1,9 @@
 """`miras compare`: train several presets on one synthetic recall task with one budget, evaluate, tabulate, plot.
 
-Every model gets the same d_model / n_layers / heads, data, steps and wall-clock cap; the table reports each
-model's parameter count and recurrent state size (the zoology axis: recall vs state size), training cost,
-and MQAR accuracy at the training length and at longer sequences.
+Every model gets the same d_model / n_layers / heads, data, optimizer and wall-clock cap, and its own budget of
+steps (`STEPS`, the steps each preset needs on the default task; `--steps N` gives every model N); the table
+reports each model's parameter count and recurrent state size (the zoology axis: recall vs state size), steps and
+training cost, and MQAR accuracy at the training length and at longer sequences.
 """
 from __future__ import annotations
 
@@ -27,6 +28,13 @@ from .mqar import mqar_accuracy
 from .plots import line_plot
 
 DEFAULT_PRESETS = ("transformer", "mamba2", "gated-deltanet", "titans-lmm", "moneta", "yaad", "memora")
+# Each preset's budget on the default task: the steps its MQAR accuracy needs to settle (docs/results.md: the
+# curves by step). A budget in steps, not seconds, makes the result the same on a slower or busier machine;
+# the sum fits `make run` in ~13 minutes on 2 cores. Presets not listed (and config files naming them) get
+# DEFAULT_STEPS.
+STEPS = {"transformer": 1000, "mamba2": 1200, "gated-deltanet": 1000, "titans-lmm": 600, "moneta": 900,
+         "yaad": 600, "memora": 700}
+DEFAULT_STEPS = 1000
 
 
 @dataclass
@@ -39,8 +47,8 @@ class CompareConfig:
     heads: int = 2
     n_layers: int = 2
     chunk_size: int | None = None   # None: every model its own (the presets' chunk sizes); an int overrides all
-    steps: int = 1500
-    minutes: float = 2.0             # wall-clock cap per model (0: none)
+    steps: int | None = None         # None: each preset's own budget (STEPS); an int: every model's
+    minutes: float = 5.0             # wall-clock cap per model (0: none), a guard: the budgets are in steps
     batch_size: int = 32
     lr: float = 3e-3
     eval_n: int = 256
@@ -58,7 +66,9 @@ class CompareConfig:
             model_fields(name)  # ConfigError listing the valid names, or naming the file
         require(self.chunk_size is None or (isinstance(self.chunk_size, int) and self.chunk_size >= 1), "--chunk-size",
                 self.chunk_size, "an integer >= 1 (omit it: each preset's own)")
-        for name in ("seq_len", "pairs", "vocab", "d_model", "heads", "n_layers", "steps", "batch_size", "eval_n"):
+        require(self.steps is None or (isinstance(self.steps, int) and self.steps >= 1), "--steps", self.steps,
+                "an integer >= 1 (omit it: each preset's own budget)", f"the budgets: {STEPS}")
+        for name in ("seq_len", "pairs", "vocab", "d_model", "heads", "n_layers", "batch_size", "eval_n"):
             value = getattr(self, name)
             require(isinstance(value, int) and value >= 1, f"--{name.replace('_', '-')}", value, "an integer >= 1")
         require(self.n_layers <= MAX_LAYERS, "--n-layers", self.n_layers, f"1 to {MAX_LAYERS}")
@@ -94,8 +104,13 @@ def model_fields(entry: str) -> dict:
     return {k: v for k, v in model.items() if k not in SIZE_FIELDS}
 
 
+def steps_of(c: CompareConfig, entry: str) -> int:
+    """The training steps of a --presets entry: --steps, else its preset's budget (STEPS)."""
+    return c.steps if c.steps is not None else STEPS.get(model_fields(entry)["preset"], DEFAULT_STEPS)
+
+
 def run_config(c: CompareConfig, entry: str) -> RunConfig:
-    fields = model_fields(entry)
+    fields, steps = model_fields(entry), steps_of(c, entry)
     own_chunk = c.chunk_size is None or "chunk_size" in fields or "chunk_size" in (fields.get("spec") or {})
     model = MirasConfig(**{"vocab_size": c.vocab, "d_model": c.d_model, "heads": c.heads, "n_layers": c.n_layers,
                            "chunk_size": None if own_chunk else c.chunk_size, "window": c.seq_len,
@@ -103,9 +118,9 @@ def run_config(c: CompareConfig, entry: str) -> RunConfig:
     return RunConfig(
         model=model, size="",
         data=DataConfig(task="mqar", seq_len=c.seq_len, mqar_pairs=c.pairs, mqar_vocab=c.vocab),
-        optim=OptimConfig(lr=c.lr, steps=c.steps, batch_size=c.batch_size, warmup_steps=min(50, c.steps // 10)),
-        run=RunOptions(out_dir=str(Path(c.out_dir) / label(entry)), seed=c.seed, log_every=max(1, c.steps // 10),
-                       eval_every=c.steps, save_every=c.steps, keep_last=1, threads=c.threads,
+        optim=OptimConfig(lr=c.lr, steps=steps, batch_size=c.batch_size, warmup_steps=min(50, steps // 10)),
+        run=RunOptions(out_dir=str(Path(c.out_dir) / label(entry)), seed=c.seed, log_every=max(1, steps // 10),
+                       eval_every=steps, save_every=steps, keep_last=1, threads=c.threads,
                        max_minutes=c.minutes))
 
 
@@ -160,8 +175,9 @@ def markdown_table(rows: list[dict]) -> str:
 
 def write_results(c: CompareConfig, rows: list[dict]) -> None:
     out = Path(c.out_dir)
+    budget = f"{c.steps} steps" if c.steps is not None else "each preset's steps (column steps)"
     header = (f"MQAR: seq_len {c.seq_len}, {c.pairs} pairs, vocab {c.vocab}; d_model {c.d_model}, {c.n_layers} layers, "
-              f"{c.heads} heads; {c.steps} steps (cap {c.minutes} min/model), batch {c.batch_size}, lr {c.lr}; "
+              f"{c.heads} heads; {budget} (cap {c.minutes} min/model), batch {c.batch_size}, lr {c.lr}; "
               f"accuracy over {c.eval_n} held-out sequences per length\n\n")
     (out / "table.md").write_text(header + markdown_table(rows) + "\n")
     with open(out / "table.csv", "w", newline="") as f:

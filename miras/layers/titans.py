@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..ops import MemoryState
 from ..errors import require
+from ..space.memory import poly_features
 from .attention import rope
 from .memory import MemoryLayer, MemoryLayerState
 
@@ -52,6 +53,8 @@ class MemoryAsContext(nn.Module):
         B, n, _ = x.shape
         mem = self.memory
         q = F.normalize(self.retrieve_q(x).view(B, n, mem.heads, mem.head_dim), dim=-1).transpose(1, 2)
+        if mem.poly_scale is not None:                      # the memory reads polynomial features (ATLAS)
+            q = poly_features(q, mem.poly_scale)
         W = mem.spec.retention.boundary({name: a.to(q.dtype) for name, a in start.A.items()})
         return self.retrieve_out(mem.spec.memory(W, q).transpose(1, 2).reshape(B, n, -1))
 

@@ -15,26 +15,29 @@ from ..space import MirasSpec, bias
 from ..space import algorithm as algorithms
 from ..errors import require
 from .attention import causal_attention
-from .delta import chunk_gated_delta_rule
+from .delta import chunk_gated_delta_rule, chunk_kda
 from .documents import check_resets, run_documents
 from .minibatch import chunk_minibatch
 from .reference import recurrent_reference
 from .ssd import chunk_gla
-from .state import MemoryState, RaggedState, check_inputs, check_tensors, initial_state
+from .state import MemoryState, RaggedState, check_inputs, check_tensors, check_token_offsets, initial_state
 
 MODES = ("auto", "reference", "chunked")
 CHECK_FINITE_ENV = "MIRAS_CHECK_FINITE"   # =1: report NaN / Inf in every op's inputs, outputs and states
 EXACT_CHUNK = 64  # kernel chunk of the chunk-invariant ops (the function does not depend on it)
+CHANNEL_CHUNK = 16  # at most this for chunk_kda: its in-chunk decays are [C, C, d_k] (C = 16: ~4x faster than 64)
 
 
 def select_op(spec: MirasSpec) -> str:
-    """'attention' | 'ssd' | 'delta' | 'minibatch' | 'reference' (no fast path)."""
+    """'attention' | 'ssd' | 'delta' | 'minibatch' | 'reference' (no fast path). 'delta' with a per-channel decay
+    (KDA) runs delta/channel.py's chunk_kda."""
     if isinstance(spec.algorithm, algorithms.NonParametric):
         return "attention"
     if isinstance(spec.algorithm, algorithms.Delta):
         return "delta"
     if (spec.memory.is_matrix and isinstance(spec.bias, bias.DotProduct) and spec.retention.identity_boundary
-            and not spec.algorithm.momentum):
+            and not spec.algorithm.momentum and not spec.per_channel("lr")
+            and not getattr(spec.algorithm, "weighted", False)):      # (weighted reads: TTT, LaCT)
         return "ssd"
     if spec.retention.per_channel:
         return "reference"
@@ -74,7 +77,8 @@ def first_nonfinite_token(*xs: Tensor) -> int | None:
 
 def memory_op(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor] | None = None,
               state: MemoryState | None = None, mode: str = "auto", checkpoint_chunks: int = 0,
-              resets: Tensor | None = None, W0: dict[str, Tensor] | None = None) -> tuple[Tensor, MemoryState]:
+              resets: Tensor | None = None, W0: dict[str, Tensor] | None = None,
+              token_offsets: Tensor | None = None) -> tuple[Tensor, MemoryState]:
     """q, k: [B, T, H, d_k]; v: [B, T, H, d_v]; gates: spec.gates -> [B, T, H]; state: MemoryState
     (None: zeros, for matrix memories and attention). Returns (y [B, T, H, d_v], final state), equal to
     `recurrent_reference` with the same arguments whatever the mode.
@@ -89,19 +93,22 @@ def memory_op(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[str,
     Packed documents (documents.py): resets [B, T] bool, True at a document's first token, where the memory
     restarts from W0 ([H, out, in], as `initial_state` takes it; None: zeros, for matrix memories and attention).
     Outputs, gradients and the final state equal one call per document; the final state is each row's after its
-    last token (rows of the mini-batch engine must then end at the same offset of their chunk grids)."""
+    last token (rows of the mini-batch engine must then end at the same offset of their chunk grids).
+
+    token_offsets: TTT's learned offsets [chunk_size] of the token weights, for GD(token_weights=True) (None: zeros,
+    TTT's 1/i; see space/algorithm.py)."""
     checking = os.environ.get(CHECK_FINITE_ENV) == "1"
     if checking:
         check_finite("memory_op input", {"q": q, "k": k, "v": v, **(gates or {}),
                                          **(state.tensors() if state is not None else {})},
                      per_token=("q", "k", "v", *(gates or {})))
-    y, final = _memory_op(spec, q, k, v, gates, state, mode, checkpoint_chunks, resets, W0)
+    y, final = _memory_op(spec, q, k, v, gates, state, mode, checkpoint_chunks, resets, W0, token_offsets)
     if checking:
         check_finite("memory_op output", {"y": y, **final.tensors()}, per_token=("y",))
     return y, final
 
 
-def _memory_op(spec, q, k, v, gates, state, mode, checkpoint_chunks, resets=None, W0=None):
+def _memory_op(spec, q, k, v, gates, state, mode, checkpoint_chunks, resets=None, W0=None, token_offsets=None):
     require(mode in MODES, "mode", mode, f"one of {MODES}", "'auto' picks the fastest exact path")
     gates = gates or {}
     if isinstance(state, RaggedState):                 # rows at different points of their grids: one call per part
@@ -109,17 +116,19 @@ def _memory_op(spec, q, k, v, gates, state, mode, checkpoint_chunks, resets=None
         for rows, part in state.parts:
             r = rows.to(q.device)
             y_part, final = _memory_op(spec, q[r], k[r], v[r], {n: g[r] for n, g in gates.items()}, part, mode,
-                                       checkpoint_chunks, None if resets is None else resets[rows.to(resets.device)], W0)
+                                       checkpoint_chunks, None if resets is None else resets[rows.to(resets.device)], W0,
+                                       token_offsets)
             y = y_part.new_empty(q.shape[0], *y_part.shape[1:]) if y is None else y
             y = y.index_copy(0, r, y_part)
             finals.append((rows, final))
         return y, MemoryState.stack_rows(finals)
     op = "reference" if mode == "reference" else select_op(spec)
     require(not (mode == "chunked" and op == "reference"), "mode", mode, f"'auto' or 'reference' for {spec}",
-            "per-channel decay with a non-dot-product bias has no chunked form yet")
+            "per-channel decay has a chunked form only with the dot-product bias (GLA) or the delta rule (KDA)")
     if state is not None:
         check_tensors({"q": q, **{f"state.{n}": t for n, t in state.tensors().items()}})
     check_inputs(spec, q, k, v, gates)
+    check_token_offsets(spec, token_offsets)
     B, T, H, d_k = k.shape
     if resets is not None:
         resets = check_resets(resets, B, T)
@@ -133,40 +142,43 @@ def _memory_op(spec, q, k, v, gates, state, mode, checkpoint_chunks, resets=None
                 sub_state = initial_state(spec, inputs[0].shape[0], W0, heads=H, d_k=d_k, d_v=v.shape[-1],
                                           dtype=q.dtype, device=q.device)
             y, final = _split_nonfinite(op, spec, *inputs[:3], dict(zip(names, inputs[3:])), sub_state,
-                                        checkpoint_chunks)
+                                        checkpoint_chunks, token_offsets)
             return [y], final
         (y,), finals = run_documents(run, [q, k, v, *gates.values()], resets, state, lambda s, rows: s.rows(rows))
         return y, MemoryState.stack_rows(finals)
     if state is None and W0 is not None:
         state = initial_state(spec, B, W0)
-    return _split_nonfinite(op, spec, q, k, v, gates, state, checkpoint_chunks)
+    return _split_nonfinite(op, spec, q, k, v, gates, state, checkpoint_chunks, token_offsets)
 
 
-def _split_nonfinite(op, spec, q, k, v, gates, state, checkpoint_chunks):
+def _split_nonfinite(op, spec, q, k, v, gates, state, checkpoint_chunks, token_offsets=None):
     t = first_nonfinite_token(q, k, v)
     if t:                                 # exact and finite up to t, whatever the op's chunking
         before, after = ({n: g[:, s] for n, g in gates.items()} for s in (slice(0, t), slice(t, None)))
-        y0, state = _run(op, spec, q[:, :t], k[:, :t], v[:, :t], before, state, checkpoint_chunks)
-        y1, final = _run(op, spec, q[:, t:], k[:, t:], v[:, t:], after, state, checkpoint_chunks)
+        y0, state = _run(op, spec, q[:, :t], k[:, :t], v[:, :t], before, state, checkpoint_chunks, token_offsets)
+        y1, final = _run(op, spec, q[:, t:], k[:, t:], v[:, t:], after, state, checkpoint_chunks, token_offsets)
         return torch.cat([y0, y1], dim=1), final
-    return _run(op, spec, q, k, v, gates, state, checkpoint_chunks)
+    return _run(op, spec, q, k, v, gates, state, checkpoint_chunks, token_offsets)
 
 
-def _run(op, spec, q, k, v, gates, state, checkpoint_chunks):
+def _run(op, spec, q, k, v, gates, state, checkpoint_chunks, token_offsets=None):
     if op == "reference":
-        return recurrent_reference(spec, q, k, v, gates, state)
+        return recurrent_reference(spec, q, k, v, gates, state, token_offsets)
     B, T, H, d_k = k.shape
     if state is None:
         state = initial_state(spec, B, heads=H, d_k=d_k, d_v=v.shape[-1], dtype=q.dtype, device=q.device)
     if op == "attention":
         return causal_attention(q, k, v, state)
     if op == "minibatch":
-        return chunk_minibatch(spec, q, k, v, gates, state, checkpoint_chunks)
+        return chunk_minibatch(spec, q, k, v, gates, state, checkpoint_chunks, token_offsets)
     S0 = state.A["W1"].transpose(-1, -2)                                   # miras W [d_v, d_k] -> fla S [K, V]
     if op == "ssd":
         g = gates.get("log_alpha", torch.zeros_like(gates["lr"]))
         y, S = chunk_gla(q, k, v * gates["lr"].unsqueeze(-1).to(v.dtype), g, scale=1.0, initial_state=S0,
                          output_final_state=True, chunk_size=EXACT_CHUNK)
+    elif spec.retention.per_channel:
+        y, S = chunk_kda(q, k, v, gates["log_alpha"], gates["lr"], scale=1.0, initial_state=S0, output_final_state=True,
+                         chunk_size=min(EXACT_CHUNK, CHANNEL_CHUNK))
     else:
         y, S = chunk_gated_delta_rule(q, k, v, g=gates.get("log_alpha"), beta=gates["lr"], scale=1.0,
                                       initial_state=S0, output_final_state=True, chunk_size=EXACT_CHUNK)

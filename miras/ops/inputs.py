@@ -27,7 +27,7 @@ def random_inputs(spec: MirasSpec, batch: int = 2, seqlen: int = 16, heads: int 
     deep = hasattr(spec.memory, "init_state") and not spec.memory.is_matrix
     gates = {}
     for name in spec.gates:           # a typical value of each gate (registry.Gate.sample) from N(0, 1) noise
-        shape = (batch, seqlen, heads, d_k) if spec.per_channel(name) else (batch, seqlen, heads)
+        shape = spec.gate_shape(name, batch, seqlen, heads, d_k, d_v)
         gates[name] = GATES[name].sample(rand(*shape))
     if "lr" in gates:
         gates["lr"] = gates["lr"] * (0.1 if deep else 1.0)           # deep memories take smaller steps
@@ -41,6 +41,6 @@ def random_inputs(spec: MirasSpec, batch: int = 2, seqlen: int = 16, heads: int 
     if state.S is not None:
         state.S = {n: 0.01 * rand(*s.shape) for n, s in state.S.items()}
     if requires_grad:
-        for t in [q, k, v, *gates.values(), *state.A.values(), *(state.S or {}).values()]:
+        for t in [q, k, v, *gates.values(), *state.tensors().values()]:      # (A, S, the Omega bias' window)
             t.requires_grad_(True)
     return q, k, v, gates, state

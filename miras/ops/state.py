@@ -23,7 +23,11 @@ class MemoryState:
         where it is boundary(A)); needed to continue a chunk across calls.
     offset: tokens already in the open chunk, in [0, chunk_size).
     start: the accumulator A at the open chunk's start, for retention gates whose reads inside a chunk
-        are a linear map frozen there (`retention.frame`: Moneta, Memora, elastic net); None otherwise.
+        are a linear map frozen there (`retention.frame`: Moneta, Memora, elastic net) and for TTT's token
+        weights (reads W_s + tau (A_t - W_s)); None otherwise.
+    window: the Omega bias' last c - 1 tokens before the next one (c = bias.window > 1), "k" [B, H, c-1, d_k],
+        "v" [B, H, c-1, d_v], "gamma" [B, H, c-1], oldest first: zeros with gamma = 0 before a stream's first token
+        (they add nothing); None otherwise (for the Omega bias: no token before, a fresh start).
     """
 
     A: dict[str, Tensor]
@@ -31,16 +35,14 @@ class MemoryState:
     anchor: dict[str, Tensor] | None = None
     offset: int = 0
     start: dict[str, Tensor] | None = None
+    window: dict[str, Tensor] | None = None
 
     def tensors(self) -> dict[str, Tensor]:
         """Flat name -> tensor view (for comparisons and saving)."""
-        out = {f"A.{n}": t for n, t in self.A.items()}
-        for prefix, group in (("S", self.S), ("anchor", self.anchor), ("start", self.start)):
-            out.update({f"{prefix}.{n}": t for n, t in (group or {}).items()})
-        return out
+        return {f"{prefix}.{n}": t for prefix, group in self.groups().items() for n, t in (group or {}).items()}
 
     def groups(self) -> dict[str, dict[str, Tensor] | None]:
-        return {"A": self.A, "S": self.S, "anchor": self.anchor, "start": self.start}
+        return {"A": self.A, "S": self.S, "anchor": self.anchor, "start": self.start, "window": self.window}
 
     def rows(self, index: Tensor) -> "MemoryState":
         """The batch rows `index` (int64 [n]) of every tensor."""
@@ -51,8 +53,8 @@ class MemoryState:
     @staticmethod
     def stack_rows(parts: list[tuple[Tensor, "MemoryState"]]) -> "MemoryState | RaggedState":
         """One state from (rows, state of those rows) parts that cover rows 0..B-1 once: a MemoryState where the
-        parts agree on the open chunk (offset, which of S / anchor / start they carry) and, for attention, the
-        cache length; a RaggedState of the parts otherwise."""
+        parts agree on the open chunk (offset, which of S / anchor / start / window they carry) and, for attention,
+        the cache length; a RaggedState of the parts otherwise."""
         parts = [(rows, p) for rows, s in parts for rows, p in _flat_parts(rows, s)]
         states = [s for _, s in parts]
         shapes = {(s.offset, *(tuple(t.shape[1:]) for t in s.tensors().values()), *s.tensors()) for s in states}
@@ -61,11 +63,12 @@ class MemoryState:
         order = torch.argsort(torch.cat([rows for rows, _ in parts]))
 
         def cat(name):
-            if states[0].groups()[name] is None:
+            group = states[0].groups()[name]
+            if group is None:
                 return None
-            return {n: torch.cat([s.groups()[name][n] for s in states])[order.to(states[0].A[n].device)]
-                    for n in states[0].groups()[name]}
-        return MemoryState(**{name: cat(name) for name in ("A", "S", "anchor", "start")}, offset=states[0].offset)
+            return {n: torch.cat([s.groups()[name][n] for s in states])[order.to(group[n].device)] for n in group}
+        return MemoryState(**{name: cat(name) for name in ("A", "S", "anchor", "start", "window")},
+                           offset=states[0].offset)
 
 
 def _flat_parts(rows: Tensor, state) -> list[tuple[Tensor, MemoryState]]:
@@ -101,7 +104,8 @@ class RaggedState:
 def initial_state(spec: MirasSpec, batch: int, W0: dict[str, Tensor] | None = None, *, heads: int | None = None,
                   d_k: int | None = None, d_v: int | None = None, dtype=torch.float32, device=None) -> MemoryState:
     """The state before the first token: W0 ([H, out, in] or [B, H, out, in]) broadcast over the batch,
-    zero momentum. Without W0 a matrix memory starts at zero (heads, d_k, d_v needed)."""
+    zero momentum, and for the Omega bias an empty window (zeros, gamma = 0). Without W0 a matrix memory starts at
+    zero (heads, d_k, d_v needed)."""
     if isinstance(spec.memory, NonParametric):
         shape = (batch, heads, 0)
         return MemoryState({"k": torch.zeros(*shape, d_k, dtype=dtype, device=device),
@@ -113,16 +117,63 @@ def initial_state(spec: MirasSpec, batch: int, W0: dict[str, Tensor] | None = No
               for n, (o, i) in spec.memory.shapes(d_k, d_v).items()}
     A = {n: (w if w.dim() == 4 else w.unsqueeze(0).expand(batch, *w.shape)) for n, w in W0.items()}
     S = {n: torch.zeros_like(a) for n, a in A.items()} if spec.algorithm.momentum else None
-    return MemoryState(A, S)
+    first, last = A[spec.memory.layers[0]], A[spec.memory.layers[-1]]
+    return MemoryState(A, S, window=empty_window(spec, batch, first.shape[1], first.shape[-1], last.shape[-2],
+                                                 first.dtype, first.device))
+
+
+def window_size(spec: MirasSpec) -> int:
+    """c - 1: the tokens before each token that its step's loss reads (the Omega bias' window c; 0 otherwise)."""
+    return getattr(spec.bias, "window", 1) - 1
+
+
+def empty_window(spec: MirasSpec, batch: int, heads: int, d_k: int, d_v: int, dtype=torch.float32, device=None
+                 ) -> dict[str, Tensor] | None:
+    """The Omega bias' window before a stream's first token: c - 1 zero keys and values with gamma = 0 (None for
+    every other bias, and for c = 1)."""
+    n = window_size(spec)
+    if n == 0:
+        return None
+    zeros = lambda *shape: torch.zeros(batch, heads, n, *shape, dtype=dtype, device=device)  # noqa: E731
+    return {"k": zeros(d_k), "v": zeros(d_v), "gamma": zeros()}
+
+
+def carries_start(spec: MirasSpec) -> bool:
+    """Whether reads inside a chunk need the chunk's start accumulator (MemoryState.start)."""
+    return uses_frame(spec.retention) or getattr(spec.algorithm, "weighted", False)
+
+
+def close_chunk(spec: MirasSpec, start: dict[str, Tensor], A: dict[str, Tensor], end) -> dict[str, Tensor]:
+    """The state a chunk with weighted reads leaves (GD.weighted: TTT's token weights, LaCT's chunk-start reads):
+    W_s + end U(A - W_s), U the algorithm's update map (Newton-Schulz with muon), then the retention's projection
+    relative to W_s where it has one (RowNorm: every row to W_s's row norm). end: the algorithm's end weight."""
+    step = spec.algorithm.update({n: A[n] - start[n] for n in A})
+    W = {n: start[n] + end * step[n] for n in A}
+    project = getattr(spec.retention, "project", None)
+    return W if project is None else project(W, start)
 
 
 def open_chunk_start(spec: MirasSpec, state: MemoryState, dtype: torch.dtype) -> dict[str, Tensor] | None:
     """The open chunk's start accumulator in dtype; a clear error when a retention that reads through a frame
-    (Moneta, Memora, elastic net) continues mid-chunk without it."""
-    require(not (uses_frame(spec.retention) and state.offset and state.start is None), "state.start", None,
-            f"the open chunk's start accumulator for {spec.retention.describe()} (offset {state.offset})",
+    (Moneta, Memora, elastic net) or weighted reads (TTT, LaCT) continue mid-chunk without it."""
+    require(not (carries_start(spec) and state.offset and state.start is None), "state.start", None,
+            f"the open chunk's start accumulator for {spec} (offset {state.offset})",
             "continue from the MemoryState the previous call returned")
     return None if state.start is None else {n: a.to(dtype) for n, a in state.start.items()}
+
+
+def check_token_offsets(spec: MirasSpec, offsets: Tensor | None) -> None:
+    """TTT's learned token-weight offsets: None, or a finite [chunk_size] tensor for a token-weighted GD spec."""
+    if offsets is None:
+        return
+    require(getattr(spec.algorithm, "token_weights", False), "token_offsets", "a tensor",
+            f"None for {spec.algorithm.describe()} (they are read only with GD(token_weights=True))",
+            "drop token_offsets or set algorithm.token_weights")
+    require(isinstance(offsets, Tensor) and offsets.is_floating_point()
+            and tuple(offsets.shape) == (spec.chunk_size,), "token_offsets.shape",
+            tuple(offsets.shape) if isinstance(offsets, Tensor) else type(offsets).__name__,
+            f"a floating-point tensor of shape ({spec.chunk_size},) (one offset per chunk position)")
+    require(bool(torch.isfinite(offsets).all()), "token_offsets", "a non-finite value", "finite numbers")
 
 
 def check_tensors(tensors: dict[str, Tensor | None]) -> None:
@@ -147,7 +198,7 @@ def check_inputs(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[s
     for name in spec.gates:
         require(name in gates, f"gates.{name}", None, f"a tensor; this spec reads {spec.gates}")
         g, record = gates[name], GATES[name]
-        want = (B, T, H, d_k) if spec.per_channel(name) else (B, T, H)
+        want = spec.gate_shape(name, B, T, H, d_k, v.shape[-1])
         require(tuple(g.shape) == want, f"gates.{name}.shape", tuple(g.shape), f"{want}")
         if g.numel() == 0:
             continue

@@ -116,10 +116,13 @@ class Huber:
 
     "norm" and "coord" measure delta_t in units of one coordinate of the residual (whose scale the
     memory's LayerNorm fixes at ~1), so a gate near 1 puts the threshold where the residuals are.
+    channel_delta (form "coord"): delta_t in R^{d_v}, one threshold per coordinate (MIRAS section 5.4's
+    channel-wise delta); the gate is then [..., d_v].
     """
 
     form: str = "norm"
     eps: float = 1e-6
+    channel_delta: bool = False
     name: str = field(default="huber", init=False)
     gates = ("delta",)
 
@@ -127,14 +130,17 @@ class Huber:
         require(self.form in HUBER_FORMS, "bias.form", self.form, f"one of {HUBER_FORMS}",
                 "'switch' is the paper's literal form, 'norm' / 'coord' are continuous")
         require(self.eps > 0, "bias.eps", self.eps, "> 0", "use 1e-6")
+        require(not self.channel_delta or self.form == "coord", "bias.channel_delta", self.channel_delta,
+                "true only with form 'coord' (a threshold per coordinate; 'norm' and 'switch' threshold the "
+                "residual's norm)", "set form = 'coord' or channel_delta = false")
 
     def describe(self) -> str:
         return {"switch": "Huber switch (L2 | delta*L1)", "norm": "Huber on ||r|| (L2 | clipped L2)",
-                "coord": "coordinate-wise Huber"}[self.form]
+                "coord": "coordinate-wise Huber"}[self.form] + (", channel-wise delta" if self.channel_delta else "")
 
     def _delta(self, gates: dict[str, Tensor] | None) -> Tensor:
         require(bool(gates) and "delta" in gates, "gates.delta", None, "a [B, T, H] tensor > 0", "Huber needs delta")
-        return gates["delta"].unsqueeze(-1)
+        return gates["delta"] if self.channel_delta else gates["delta"].unsqueeze(-1)
 
     def _norm(self, r: Tensor) -> Tensor:
         return torch.sqrt(r.pow(2).sum(-1, keepdim=True) + self.eps)
@@ -196,3 +202,39 @@ class ValueShiftRobustL2:
         r = pred - v
         n = self._norm(r).unsqueeze(-1)
         return 2.0 * (n + self.shift) * r / n
+
+
+GAMMA = gate(Gate("gamma", "the Omega rule's weight of a token in the windows that contain it", 0.0, 1.0,
+                  activation=torch.sigmoid, init=2.0, sample=torch.sigmoid))
+
+
+@choice("bias", "omega")
+@dataclass(frozen=True)
+class Omega:
+    """ATLAS's Omega rule (arXiv 2505.23735, Eq. 9): the L2 loss over a sliding window of the last c tokens,
+
+        l_t(W) = sum_{i=t-c+1..t} gamma_i ||M_W(k_i) - v_i||^2,   gamma_i in [0, 1] a gate of token i,
+
+    so the step of token t is eta_t sum_{i in its window} gamma_i grad ||M(k_i) - v_i||^2, every gradient at the
+    chunk's anchor. loss / grad are one token's term (gamma ||r||^2, gradient 2 gamma r); the recurrence and the
+    chunked engine sum the window (MemoryState.window carries the c - 1 tokens before a call, zeros with gamma = 0
+    at a stream's start). window = 1 with gamma = 1 is L2.
+    """
+
+    window: int = 4
+    name: str = field(default="omega", init=False)
+    gates = ("gamma",)
+
+    def __post_init__(self):
+        require(isinstance(self.window, int) and not isinstance(self.window, bool) and self.window >= 1,
+                "bias.window", self.window, "an integer >= 1 (the tokens each step's loss sums over)",
+                "1 is the L2 bias with a gate; ATLAS uses a few tokens")
+
+    def describe(self) -> str:
+        return f"sum_(last {self.window}) gamma_i ||M(k_i) - v_i||^2 (Omega rule)"
+
+    def loss(self, pred: Tensor, v: Tensor, gates: dict[str, Tensor] | None = None) -> Tensor:
+        return gates["gamma"] * (pred - v).pow(2).sum(-1)
+
+    def grad(self, pred: Tensor, v: Tensor, gates: dict[str, Tensor] | None = None) -> Tensor:
+        return 2.0 * gates["gamma"].unsqueeze(-1) * (pred - v)

@@ -8,12 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .bias import DotProduct, Huber, L2, Lp
+from .bias import DotProduct, Huber, L2, Lp, Omega
 from ..errors import require
 from .memory import MLPMemory, NonParametric, matrix
 from .algorithm import GD, Delta, Momentum
 from .algorithm import NonParametric as Attention
-from .retention import Decay, KLSoftmax, LqNormalization, NoRetention
+from .retention import Decay, KLSoftmax, LqNormalization, NoRetention, RowNorm
 from .spec import MirasSpec
 
 BLOCKS = ("attention", "memory", "mamba2", "ttt", "titans-mac", "titans-mag", "titans-mal", "memory+swa")
@@ -89,17 +89,18 @@ def gated_deltanet():
 # TTT's base inner learning rate (arXiv 2407.04620: 1 for TTT-Linear, 0.1 for TTT-MLP)
 @_preset("ttt-linear", "ttt", "Sun et al. 2024", ttt_base_lr=1.0)
 def ttt_linear():
-    """f(x) = x + g LN(W x) + b (g, b learned per head); W_t = W_{t'} - eta_t grad ||f(k_t) - v_t||^2 summed over
-    the mini-batch (b = 16)"""
-    return MirasSpec(MLPMemory(depth=1, residual=True, norm=True, norm_affine=True), L2(), NoRetention(), GD(),
-                     chunk_size=16)
+    """f(x) = x + g LN(W x) + b (g, b learned per head); W_t = W_s - tau_i sum_{j <= t} eta_j grad ||f(k_j) - v_j||^2
+    over the mini-batch (b = 16, gradients at W_s), tau_i = 1/i + o_i the token weights (o learned)"""
+    return MirasSpec(MLPMemory(depth=1, residual=True, norm=True, norm_affine=True), L2(), NoRetention(),
+                     GD(token_weights=True), chunk_size=16)
 
 
 @_preset("ttt-mlp", "ttt", "Sun et al. 2024", ttt_base_lr=0.1)
 def ttt_mlp():
-    """f(x) = x + g LN(W2 gelu(W1 x)) + b (g, b learned per head); mini-batch GD on ||f(k) - v||^2, b = 16"""
+    """f(x) = x + g LN(W2 gelu(W1 x)) + b (g, b learned per head); mini-batch GD on ||f(k) - v||^2 with TTT's token
+    weights tau_i = 1/i + o_i, b = 16"""
     return MirasSpec(MLPMemory(depth=2, expansion=4, activation="gelu", residual=True, norm=True, norm_affine=True),
-                     L2(), NoRetention(), GD(), chunk_size=16)
+                     L2(), NoRetention(), GD(token_weights=True), chunk_size=16)
 
 
 @_preset("titans-lmm", "memory", "Behrouz et al. 2025 (Titans)")
@@ -140,8 +141,61 @@ for _name, _base, _block in [("titans-mac", "titans-lmm", "titans-mac"), ("titan
         _REGISTRY[base]().paper, TITANS_PERSISTENT_TOKENS if block.startswith("titans") else 0))
 
 
+# The frontier (SPEC section 7): newer points of the same space.
+@_preset("kda", "memory", "Kimi Team 2025 (Kimi Delta Attention)")
+def kda():
+    """W_t = W_{t-1} Diag(alpha_t) (I - beta_t k_t k_t^T) + beta_t v_t k_t^T, alpha_t in (0, 1]^{d_k} one decay per
+    key channel (S = W^T: S_t = (I - beta_t k_t k_t^T) Diag(alpha_t) S_{t-1} + beta_t k_t v_t^T)"""
+    return MirasSpec(matrix(), L2(), Decay(per_channel=True), Delta(), chunk_size=64)
+
+
+@_preset("gated-deltaproduct", "memory", "Siems et al. 2025 (Gated DeltaProduct)")
+def gated_deltaproduct():
+    """W_{t,0} = alpha_t W_{t-1}; W_{t,j} = W_{t,j-1} (I - beta_{t,j} k_{t,j} k_{t,j}^T) + beta_{t,j} v_{t,j} k_{t,j}^T
+    for j = 1..n_h (n_h = 2 keys, values, betas of x_t); W_t = W_{t,n_h}; y_t = W_t q_t"""
+    return MirasSpec(matrix(), L2(), Decay(), Delta(steps=2), chunk_size=64)
+
+
+# ATLAS (arXiv 2505.23735): the Omega rule over the last c tokens, on degree-2 polynomial features of the keys.
+# The paper gives no c or p for its runs in the text we could check; c = 4 and p = 2 are ours (docs/design-space.md).
+ATLAS_WINDOW = 4
+
+
+def atlas_memory() -> MLPMemory:
+    """ATLAS's 2-layer MLP memory (GELU, expansion 4 over the head dim, LN) reading phi_2(k); no residual, since
+    phi(k) is wider than v (the paper's M(x) = x + W1 gelu(W2 x) is written for equal sizes)."""
+    return MLPMemory(depth=2, expansion=4, activation="gelu", residual=False, norm=True, features="poly", degree=2)
+
+
+@_preset("omeganet", "memory", "Behrouz et al. 2025 (ATLAS)")
+def omeganet():
+    """M_t = alpha_t M_{t-1} - eta_t grad sum_{i=t-c+1..t} gamma_i ||M(phi(k_i)) - v_i||^2 (the Omega rule, c = 4,
+    gamma_i in [0, 1] a gate of token i; gradients at the chunk start, b = 16); M = LN(W2 gelu(W1 phi_2(k))),
+    phi_2(k) = [c_0, c_1 k, c_2 k^(2)] with learned c_i^2 = 1/i! at init"""
+    return MirasSpec(atlas_memory(), Omega(window=ATLAS_WINDOW), Decay(), GD(), chunk_size=16)
+
+
+@_preset("atlas", "memory", "Behrouz et al. 2025 (ATLAS)")
+def atlas():
+    """S_t = beta_t S_{t-1} - eta_t grad sum_{i=t-c+1..t} gamma_i ||M(phi(k_i)) - v_i||^2; M_t = alpha_t M_{t-1} + S_t
+    (OmegaNet with momentum: ATLAS's Muon step M_t = alpha_t M_{t-1} - eta_t NewtonSchulz_5(S_t) is not implemented
+    yet, plain momentum stands in for it); c = 4, b = 16, M = LN(W2 gelu(W1 phi_2(k)))"""
+    return MirasSpec(atlas_memory(), Omega(window=ATLAS_WINDOW), Decay(), Momentum(), chunk_size=16)
+
+
+# LaCT (arXiv 2505.23884): one update per large chunk, read before it; the fast weights' hidden size is LaCT's
+# code default (inter_multi = 1: the head dim).
+@_preset("lact", "memory+swa", "Zhang et al. 2025 (LaCT)")
+def lact():
+    """per chunk of b = 2048 tokens, apply then update: o_i = f_{W_s}(q_i) for every token i of the chunk,
+    f_W(x) = W2 (silu(W1 x) * W3 x); then W = RowNorm(W_s + Muon(sum_i eta_i grad_W <f_W(k_i), v_i> at W_s)), every
+    row of W1, W2, W3 rescaled to its norm in W0; sliding-window attention in the block orders a chunk's tokens"""
+    return MirasSpec(MLPMemory(depth=2, expansion=1, activation="swiglu", residual=False, norm=False), DotProduct(),
+                     RowNorm(), GD(reads="chunk-start", muon=True), chunk_size=2048)
+
+
 def list_presets() -> list[str]:
-    """The names of the presets, in the order of SPEC section 3."""
+    """The names of the presets, in the order of SPEC section 3 (then the frontier of section 7)."""
     return list(_REGISTRY)
 
 

@@ -14,6 +14,8 @@ identity for every pure decay, and a non-linear map for Moneta (Lq normalization
 `boundary_at="every-token"` instead reads boundary(A_t) at every token (the costlier alternative,
 kept for comparison). With chunk size 1 every token is a chunk's last token and both rules are
 the per-token equations. Maps act per weight matrix and per head: A name -> [..., out, in].
+`RowNorm` (LaCT) is a projection instead: `project(W, W_s)` maps the state a chunk leaves (GD's weighted reads),
+and the next chunk starts from it.
 """
 from __future__ import annotations
 
@@ -322,3 +324,37 @@ class ElasticNet:
     def boundary_frame(self, A: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, InChunkMap]]:
         W = self.boundary(A)
         return W, self.frame(A, W)
+
+
+@choice("retention", "rownorm")
+@dataclass(frozen=True)
+class RowNorm:
+    """LaCT's weight normalization (arXiv 2505.23884, "post-norm" in its code): after a chunk's update every row of
+    every weight matrix is rescaled to that row's norm in the initial fast weights, W <- W / ||W_row|| ||W0_row||.
+
+    The target norms are read from the chunk-start weights W_s (`project(W, W_s)`): every normalization sets them,
+    so by induction they are W0's row norms, the same function of W0 (and so the same gradients) as LaCT's fixed
+    targets, with no extra state: a stream split anywhere, a document reset to W0 and a state handed in each carry
+    their own targets. It is applied to the state a chunk leaves by the weighted-read path of GD (reads='chunk-start'
+    or token_weights; MirasSpec checks), which then starts the next chunk from the normalized weights; the map at a
+    chunk start, `boundary`, is the identity (those weights are already normalized). No epsilon: LaCT's code divides
+    by ||W_row|| + 1e-5, which leaves each row a relative 1e-5 / ||W_row|| short of its target after every chunk;
+    with targets read from W_s that shortfall would compound over chunks.
+    """
+
+    name: str = field(default="rownorm", init=False)
+    gates = ()
+    decays: bool = field(default=False, init=False)
+    per_channel: bool = field(default=False, init=False)
+    identity_boundary: bool = field(default=True, init=False)
+
+    def describe(self) -> str:
+        return "row norms kept at the initial weights' (LaCT)"
+
+    def boundary(self, A: dict[str, Tensor]) -> dict[str, Tensor]:
+        return A
+
+    def project(self, W: dict[str, Tensor], like: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Every row of W [..., out, in] rescaled to the norm of the same row of `like`."""
+        return {name: w * (like[name].norm(dim=-1, keepdim=True) / w.norm(dim=-1, keepdim=True))
+                for name, w in W.items()}

@@ -33,7 +33,8 @@ def in_chunk_weights(retention, A, start):
 
 def paper_loop(spec, q, k, v, gates, state):
     """Per token: g = autograd grad of the loss at the chunk-start memory; S = beta S - eta g; A = alpha A + S;
-    y = M_{W_t}(q) with W_t = boundary(A) at a chunk's last token, `in_chunk_weights` before it.
+    y = M_{W_t}(q) with W_t = boundary(A) at a chunk's last token, `in_chunk_weights` before it; with TTT's token
+    weights (its code: token_idx = 1/i) W_t = A_s + (A_t - A_s) / i at the chunk's i-th token, A = W_t at its last.
     q, k, v [B, T, H, d]; state: MemoryState with A (and S)."""
     memory, bias, boundary = spec.memory, spec.bias, spec.retention.boundary
     A = dict(state.A)
@@ -56,7 +57,12 @@ def paper_loop(spec, q, k, v, gates, state):
         alpha = gates["log_alpha"][:, t, :, None, None].exp() if "log_alpha" in gates else 1.0
         A = {n: alpha * A[n] + step[n] for n in A}
         last = (t + 1) % spec.chunk_size == 0
-        W = boundary(A) if last else in_chunk_weights(spec.retention, A, start)
+        if getattr(spec.algorithm, "token_weights", False):
+            i = t % spec.chunk_size + 1
+            W = {n: start[n] + (A[n] - start[n]) / i for n in A}
+            A = W if last else A
+        else:
+            W = boundary(A) if last else in_chunk_weights(spec.retention, A, start)
         ys.append(memory(W, q[:, t, :, None])[:, :, 0])
     return torch.stack(ys, 1)
 

@@ -6,10 +6,11 @@ from miras.space.memory import MLPMemory, NonParametric, matrix
 from miras.space.algorithm import GD, Delta, Momentum
 from miras.space.algorithm import NonParametric as Attention
 from miras.space.retention import Decay, KLSoftmax, LqNormalization, NoRetention
+from miras.space.tables import spec_from_dict, spec_to_dict
 
 SPEC_TABLE = ["transformer", "linear-attention", "retnet", "mamba2", "deltanet", "gated-deltanet", "ttt-linear",
               "ttt-mlp", "titans-lmm", "moneta", "yaad", "memora", "titans-mac", "titans-mag", "titans-mal",
-              "moneta-h", "yaad-h", "memora-h"]
+              "moneta-h", "yaad-h", "memora-h", "kda", "gated-deltaproduct", "omeganet", "atlas", "lact"]
 
 
 def test_every_row_of_the_spec_table_is_a_preset():
@@ -53,6 +54,7 @@ def test_unknown_preset_lists_the_valid_ones():
     (dict(memory=matrix(), bias=DotProduct(), retention=NoRetention(), algorithm=Delta()), "bias"),
     (dict(memory=matrix(), bias=L2(), retention=KLSoftmax(), algorithm=Delta()), "retention"),
     (dict(memory=MLPMemory(), bias=L2(), retention=Decay(per_channel=True), algorithm=GD()), "retention.per_channel"),
+    (dict(memory=MLPMemory(), bias=L2(), retention=Decay(per_channel=True), algorithm=Delta()), "memory"),
     (dict(memory=NonParametric(), bias=L2(), retention=NoRetention(), algorithm=GD()), "algorithm"),
     (dict(memory=matrix(), bias=L2(), retention=NoRetention(), algorithm=Attention()), "algorithm"),
     (dict(memory=NonParametric(), bias=L2(), retention=Decay(), algorithm=Attention()), "retention"),
@@ -61,6 +63,21 @@ def test_unknown_preset_lists_the_valid_ones():
 def test_invalid_combinations_raise_with_field_value_and_fix(kwargs, field):
     with pytest.raises(ConfigError, match=rf"^{field}=.* is invalid: allowed .*; fix: "):
         MirasSpec(**kwargs)
+
+
+def test_the_frontier_presets_are_their_papers_points():
+    kda, product = get_preset("kda").spec, get_preset("gated-deltaproduct").spec
+    assert kda.retention == Decay(per_channel=True) and isinstance(kda.algorithm, Delta) and kda.chunk_invariant
+    assert kda.gates == ("lr", "log_alpha") and kda.per_channel("log_alpha") and not kda.per_channel("lr")
+    assert product.algorithm == Delta(steps=2) and product.retention == Decay() and product.chunk_invariant
+    assert spec_to_dict(product)["algorithm"] == {"name": "delta", "steps": 2}
+    assert spec_from_dict(spec_to_dict(product)) == product and "2 steps per token" in str(product)
+
+
+@pytest.mark.parametrize("steps", [0, -1, 1.5, True, "2"])
+def test_delta_steps_must_be_a_positive_integer(steps):
+    with pytest.raises(ConfigError, match=r"^algorithm\.steps=.* is invalid: allowed an integer >= 1 .*; fix: "):
+        Delta(steps=steps)
 
 
 def test_a_new_combination_is_one_line():

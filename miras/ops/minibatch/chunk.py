@@ -12,10 +12,14 @@ with decay_t, m_t, C, sdecay_t, Cs built from log-space segment sums of the gate
 [n, n] matmuls; per-token weights are never formed): W_t = A_t for an identity boundary, and for
 Moneta, Memora and the elastic net W_t = anchor + scale * (A_t - A_s) C inside a chunk (the
 retention's `frame`: a scalar times the dual-form product, plus two [n, d] x [d, out] products),
-with the chunk's last token read at boundary(A_t), the next anchor. Only boundary_at="every-token"
-forms the chunk's per-token weights. The only Python loop is over chunks, and it carries only the
-state: the coefficients of all full chunks are computed in one batched call before it, and the
-reads run after it for groups of chunks at once (the chunks folded into the head axis).
+with the chunk's last token read at boundary(A_t), the next anchor. TTT's token weights read through the same
+frame with a per-token scale: W_t = A_s + tau_t (A_t - A_s); LaCT's chunk-start reads are that frame with tau = 0
+(W_t = A_s: no dual-form product), and both close a chunk with `state.close_chunk`. The Omega bias (window c)
+steps on the gradients of the last c tokens: the factors cover the chunk and the c - 1 tokens before it, and C
+becomes C @ band (`_windowed`). Only boundary_at="every-token" forms the chunk's per-token weights. The only
+Python loop is over chunks, and it carries only the state: the coefficients of all full chunks are computed in one
+batched call before it, and the reads run after it for groups of chunks at once (the chunks folded into the head
+axis).
 """
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ from torch.utils.checkpoint import checkpoint
 from ...space import MirasSpec
 from ...space.retention import InChunkMap, uses_frame
 from ..segsum import segprod, segsum
-from ..state import MemoryState, check_inputs, open_chunk_start
+from ..state import (MemoryState, check_inputs, check_token_offsets, close_chunk, empty_window, open_chunk_start,
+                     window_size)
 
 READ_GROUP_BYTES = 16 * 2 ** 20  # chunk-start states stacked for one batched read (kept for backward)
 
@@ -56,6 +61,27 @@ def coefficients(lr: Tensor, log_alpha: Tensor | None, beta: Tensor | None) -> C
     sdecay, Db = seg_b[..., 1:, 0], seg_b[..., 1:, 1:]
     return Coefficients(decay, (Da @ Db) * lr.unsqueeze(-2), (Da @ sdecay.unsqueeze(-1)).squeeze(-1),
                         sdecay, Db * lr.unsqueeze(-2))
+
+
+def _windowed(co: Coefficients, c1: int) -> Coefficients:
+    """The Omega bias with c - 1 = c1: the step of token r sums the gradients of tokens r - c1 .. r, whose factors
+    are the chunk's c1 + n columns (the c1 tokens before it first), so C [t, r] -> C @ band with band [r, j] = 1 for
+    r <= j <= r + c1 ([n, c1 + n]); the same for Cs."""
+    n = co.C.shape[-1]
+    j, r = torch.arange(c1 + n, device=co.C.device), torch.arange(n, device=co.C.device)[:, None]
+    band = ((j >= r) & (j <= r + c1)).to(co.C.dtype)
+    return replace(co, C=co.C @ band, Cs=None if co.Cs is None else co.Cs @ band)
+
+
+def _with_window(x: Tensor, before: Tensor, sizes: list[int]) -> tuple[tuple[Tensor, ...], Tensor]:
+    """x [B, H, T, ...] after the c1 entries `before` [B, H, c1, ...] -> (per chunk of `sizes`, its entries after
+    the c1 before it, [B, H, c1 + n, ...]; the last c1 entries, the next window). One gather and one split, so the
+    backward is one scatter and one concatenation."""
+    c1, full = before.shape[2], torch.cat([before.to(x.dtype), x], dim=2)
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    index = [torch.arange(s, s + c1 + n, device=x.device) for s, n in zip(starts, sizes)]
+    parts = full.index_select(2, torch.cat(index)).split([c1 + n for n in sizes], dim=2) if sizes else ()
+    return parts, full[:, :, full.shape[2] - c1:]
 
 
 def _state_at(row: int, co: Coefficients, A0, S0, factors) -> tuple[dict, dict | None]:
@@ -109,6 +135,8 @@ def _framed_linear(linear, frame):
     on C h, minus start (C h), scaled, plus anchor h."""
     def framed(name: str, h: Tensor) -> Tensor:
         f = frame[name]
+        if f.anchor is not None and isinstance(f.scale, float) and f.scale == 0.0:     # W_t = anchor (LaCT)
+            return h @ f.anchor.transpose(-1, -2)
         hc = f.input(h)
         z = linear(name, hc)
         if f.start is not None:
@@ -154,9 +182,10 @@ def _read_group(spec: MirasSpec, reads: list[tuple]) -> Tensor:
 
 
 def _chunks(spec, chunks, A, S, anchor, start):
-    """Runs consecutive chunks, each (q, k, v, gates, Coefficients, tokens already in the chunk) with
-    [B, H, n, ...] tensors. Only the state passing is sequential: the reads of up to READ_GROUP_BYTES of
-    chunk-start states are done together after it (`_read_group`), except with a boundary mapped at every
+    """Runs consecutive chunks, each (q, k, v, gates, Coefficients, tokens already in the chunk, weights) with
+    [B, H, n, ...] tensors; weights: (read weights, end weight) of GD's weighted reads (TTT, LaCT), else None.
+    Only the state passing is sequential: the reads of up to READ_GROUP_BYTES of chunk-start states are done together
+    after it (`_read_group`), except with a boundary mapped at every
     token (per-token weights, `_token_linear`). anchor: the open chunk's anchor (or the next chunk's, when
     already known); start: the open chunk's start accumulator (retentions read through `frame`)."""
     memory, bias, retention = spec.memory, spec.bias, spec.retention
@@ -164,8 +193,13 @@ def _chunks(spec, chunks, A, S, anchor, start):
     state_bytes = sum(a.numel() * a.element_size() for a in A.values()) * (1 if S is None else 2)
     group = max(1, READ_GROUP_BYTES // max(state_bytes, 1))
     ys, reads, frame = [], [], None
-    for q, k, v, gates, co, before in chunks:
+    for q, k, v, gates, co, before, weights in chunks:
         n = q.shape[2]
+        if weights is not None:             # weighted reads (TTT, LaCT): W_t = A_s + tau_t (A_t - A_s), A_s = W_s
+            start = A if before == 0 else start
+            tau, end = weights
+            tau = tau.view(1, 1, n, 1).expand(*q.shape[:2], n, 1) if isinstance(tau, Tensor) else tau
+            frame = {name: InChunkMap(start[name], start[name], tau) for name in A}
         if framed:
             if before == 0:
                 start = A
@@ -176,11 +210,16 @@ def _chunks(spec, chunks, A, S, anchor, start):
         elif before == 0 and anchor is None:
             anchor = retention.boundary(A)
         own = {n: gates[n] for n in bias.gates}
-        factors = memory.backward_factors(anchor, k, lambda pred: bias.grad(pred, v, own))
+        if spec.per_channel("lr"):          # channel-wise eta: in the error signal (the coefficients' lr is 1)
+            factors = memory.backward_factors(anchor, k, lambda pred: gates["lr"] * bias.grad(pred, v, own))
+        else:
+            factors = memory.backward_factors(anchor, k, lambda pred: bias.grad(pred, v, own))
         A_end, S_end = _state_at(n - 1, co, A, S, factors)
         closes = before + n == spec.chunk_size
+        if weights is not None and closes:
+            A_end = close_chunk(spec, start, A_end, end)
         next_anchor, next_frame = retention.boundary_frame(A_end) if framed and closes else (None, None)
-        if retention.identity_boundary or framed:
+        if retention.identity_boundary or framed:       # (token weights: identity boundary, read through `frame`)
             if reads and (len(reads) == group or reads[0][0].shape[2] != n):
                 ys.append(_read_group(spec, reads))
                 reads = []
@@ -210,14 +249,17 @@ def _all_coefficients(gate_parts: dict[str, tuple[Tensor, ...]], sizes: list[int
 
 
 def chunk_minibatch(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor],
-                    state: MemoryState, checkpoint_chunks: int = 0) -> tuple[Tensor, MemoryState]:
+                    state: MemoryState, checkpoint_chunks: int = 0, token_offsets: Tensor | None = None
+                    ) -> tuple[Tensor, MemoryState]:
     """The chunked form of `recurrent_reference` for GD / momentum specs (same arguments and result).
 
     q, k: [B, T, H, d_k]; v: [B, T, H, d_v]; gates: name -> [B, T, H]; state: MemoryState.
     checkpoint_chunks: if > 0, recompute groups of that many chunks in backward instead of keeping
     their intermediates (activation memory O(T / group) states instead of O(T)).
+    token_offsets: TTT's learned token-weight offsets [chunk_size] (GD(token_weights=True); None: zeros).
     """
     check_inputs(spec, q, k, v, gates)
+    check_token_offsets(spec, token_offsets)
     T, b = q.shape[1], spec.chunk_size
     in_dtype, dtype = q.dtype, torch.promote_types(q.dtype, torch.float32)
     q, k, v = (x.to(dtype).transpose(1, 2) for x in (q, k, v))                 # [B, H, T, d]
@@ -229,9 +271,23 @@ def chunk_minibatch(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dic
     # split once (backward: one concatenation), never slice chunk by chunk (a full-size gradient per chunk)
     parts = [x.split(sizes, dim=2) for x in (q, k, v)]
     gate_parts = {n: g.split(sizes, dim=2) for n, g in gates.items()}
-    cos = _all_coefficients(gate_parts, sizes, b)
+    scalar_lr = {"lr": tuple(torch.ones_like(g[..., 0]) for g in gate_parts["lr"])} if spec.per_channel("lr") else {}
+    cos = _all_coefficients({**gate_parts, **scalar_lr}, sizes, b)
+    c1, window = window_size(spec), None
+    if c1:          # the Omega bias: each chunk's k, v and gamma after the c - 1 tokens before it
+        B, H = q.shape[:2]
+        before = state.window or empty_window(spec, B, H, k.shape[-1], v.shape[-1], dtype, q.device)
+        (k_parts, k_next), (v_parts, v_next), (g_parts, g_next) = (
+            _with_window(x, before[n], sizes) for x, n in ((k, "k"), (v, "v"), (gates["gamma"], "gamma")))
+        parts, gate_parts["gamma"] = [parts[0], k_parts, v_parts], g_parts
+        cos, window = [_windowed(co, c1) for co in cos], {"k": k_next, "v": v_next, "gamma": g_next}
+    befores = [state.offset if i == 0 else 0 for i in range(len(sizes))]
+    weighted = getattr(spec.algorithm, "weighted", False)           # (read weights [n] or 0.0, end weight)
+    weights = [(spec.algorithm.read_weights(token_offsets, before, n, dtype, q.device),
+                spec.algorithm.end_weight(token_offsets, b, dtype, q.device)) if weighted else None
+               for before, n in zip(befores, sizes)]
     chunks = [(parts[0][i], parts[1][i], parts[2][i], {n: g[i] for n, g in gate_parts.items()}, cos[i],
-               state.offset if i == 0 else 0) for i in range(len(sizes))]
+               befores[i], weights[i]) for i in range(len(sizes))]
     anchor, ys = state.anchor, []
     start = open_chunk_start(spec, state, dtype)
     group = checkpoint_chunks if checkpoint_chunks > 0 else max(len(chunks), 1)
@@ -244,4 +300,4 @@ def chunk_minibatch(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dic
         ys.append(y)
     y = torch.cat(ys, dim=2).transpose(1, 2) if ys else v.new_zeros(v.shape).transpose(1, 2)
     offset = (state.offset + T) % b
-    return y.to(in_dtype), MemoryState(A, S, anchor if offset else None, offset, start if offset else None)
+    return y.to(in_dtype), MemoryState(A, S, anchor if offset else None, offset, start if offset else None, window)
