@@ -5,6 +5,7 @@ Per head (docs/design-space.md), with A_s the accumulator at the start of t's ch
     g_t = grad_W l(M_W(k_t), v_t) at W = anchor   (anchor = boundary(A_s))
     S_t = beta_t S_{t-1} - eta_t g_t              (S_t = -eta_t g_t without momentum)
     A_t = alpha_t A_{t-1} + S_t
+    Muon (ATLAS): S_t = beta_t S_{t-1} - g_t, A_t = alpha_t A_{t-1} + eta_t NS_k(S_t) (NS per weight matrix and head)
     W_t = boundary(A_t) at a chunk's last token, frame(A_s)(A_t) inside it (linear in A_t; the
           identity for decays; boundary(A_t) at every token with retention.boundary_at="every-token")
     TTT's token weights (GD(token_weights=True)): W_t = A_s + tau_i (A_t - A_s) at the chunk's i-th token,
@@ -67,6 +68,7 @@ def _online_gd(spec, q, k, v, gates, state, token_offsets=None):
     S = None if state.S is None else {n: s.to(q.dtype) for n, s in state.S.items()}
     anchor, offset, framed = state.anchor, state.offset, uses_frame(retention)
     weighted = getattr(spec.algorithm, "weighted", False)                # TTT's token weights, LaCT's chunk-start reads
+    muon = isinstance(spec.algorithm, algorithms.Muon)
     start = open_chunk_start(spec, state, q.dtype)
     frame = retention.frame(start, anchor) if framed and offset else None
     windowed = window_size(spec) > 0                                     # the Omega bias: c - 1 earlier tokens
@@ -97,6 +99,9 @@ def _online_gd(spec, q, k, v, gates, state, token_offsets=None):
         g = {n: gt.sum(2) for n, gt in memory.grads(anchor, k_t, dpred).items()}     # (summed over the window)
         if S is None:
             step = {n: -eta * g[n] for n in A}
+        elif muon:                                                       # ATLAS: eta_t NS_k(beta_t S_{t-1} - g_t)
+            S = {n: gates["beta"][:, t, :, None, None] * S[n] - g[n] for n in A}
+            step = {n: eta * u for n, u in spec.algorithm.orthogonalize(S).items()}
         else:
             beta = gates["beta"][:, t, :, None, None]
             S = step = {n: beta * S[n] - eta * g[n] for n in A}

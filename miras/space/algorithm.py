@@ -8,6 +8,8 @@
                reads="chunk-start" (LaCT's apply-then-update): every token of a chunk reads W_s (tau_i = 0) and the
                chunk ends at W_s + U(A - W_s), U = Muon's Newton-Schulz orthogonalization with muon=True
     Momentum:  S_t = beta_t S_{t-1} - eta_t g_t     (Titans; beta_t in [0, 1) is a gate)
+    Muon:      S_t = beta_t S_{t-1} - g_t;  A_t = alpha_t A_{t-1} + eta_t NS_k(S_t)   (ATLAS Eqs. 32-33: its
+               momentum is -S_t; NS_k = k Newton-Schulz steps per weight matrix and head, at every token)
     Delta:     W_t = alpha_t W_{t-1} (I - eta_t k k^T) + eta_t v k^T   (exact per-token step of
                the half-L2 loss at the decayed state; eta_t is DeltaNet's beta_t); alpha_t per key channel:
                W_{t-1} Diag(alpha_t) (KDA); steps = n_h: n_h such steps per token (Gated DeltaProduct)
@@ -31,16 +33,20 @@ READS = ("token", "chunk-start")    # GD.reads: each token after its own step (t
 # modded-nanogpt / Moonlight versions): X <- a X + (b A + c A^2) X with A = X X^T
 NEWTON_SCHULZ = ((4.0848, -6.8946, 2.9270), (3.9505, -6.3029, 2.6377), (3.7418, -5.5913, 2.3037),
                  (2.8769, -3.1427, 1.2046), (2.8366, -3.0525, 1.2012))
+# Muon's own quintic step (Jordan et al. 2024, modded-nanogpt's zeropower_via_newtonschulz5; torch.optim.Muon's
+# default), the same (a, b, c) at every one of the k steps: the Muon algorithm's NewtonSchulz_k
+MUON_STEP = (3.4445, -4.7750, 2.0315)
 
 
-def newton_schulz(g: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Muon's orthogonalization of every matrix of g [..., o, i]: X = g / (||g||_F + eps), then the NEWTON_SCHULZ
-    steps, which push X's singular values towards 1 (X -> U V^T for g = U S V^T). Computed on the wide side
-    (X^T when o > i: the same map, transposed, with the smaller Gram matrix)."""
+def newton_schulz(g: torch.Tensor, eps: float = 1e-7, coefficients=NEWTON_SCHULZ) -> torch.Tensor:
+    """Muon's orthogonalization of every matrix of g [..., o, i]: X = g / (||g||_F + eps), then one step
+    X <- a X + (b A + c A^2) X, A = X X^T, per (a, b, c) of `coefficients` (LaCT's NEWTON_SCHULZ by default), which
+    push X's singular values towards 1 (X -> U V^T for g = U S V^T). Computed on the wide side (X^T when o > i: the
+    same map, transposed, with the smaller Gram matrix). An odd map: NS(-g) = -NS(g), exactly."""
     tall = g.shape[-2] > g.shape[-1]
     x = g.transpose(-1, -2) if tall else g
     x = x / (torch.linalg.matrix_norm(x, keepdim=True) + eps)
-    for a, b, c in NEWTON_SCHULZ:
+    for a, b, c in coefficients:
         gram = x @ x.transpose(-1, -2)
         x = a * x + (b * gram + c * gram @ gram) @ x
     return x.transpose(-1, -2) if tall else x
@@ -128,6 +134,40 @@ class Momentum:
 
     def describe(self) -> str:
         return "GD + momentum" + (", channel-wise eta" if self.channel_lr else "")
+
+
+@choice("algorithm", "muon")
+@dataclass(frozen=True)
+class Muon:
+    """ATLAS's memory optimizer (arXiv 2505.23735, Eqs. 32-33): momentum, orthogonalized by Newton-Schulz at every
+    token, then a step of size eta_t with the retention's decay:
+
+        S_t = beta_t S_{t-1} - g_t;   A_t = alpha_t A_{t-1} + eta_t NS_k(S_t);   W_t = boundary(A_t) as for GD
+
+    g_t the gradient at the chunk's anchor (as for GD and Momentum), NS_k `newton_schulz` with Muon's step MUON_STEP
+    repeated ns_steps = k times, applied to every weight matrix of the memory per batch row and head. The paper
+    writes S^paper_t = theta_t S^paper_{t-1} + grad l_t and M_t = alpha_t M_{t-1} - eta_t NS_k(S^paper_t); here
+    S = -S^paper (the sign of GD's and Momentum's S, the direction the state moves), the same rule because NS is
+    odd. eta_t scales the orthogonalized update (outside NS, as in Eq. 32), not the gradient, so S is in gradient
+    units. Gates: lr (eta) and beta (theta), as Momentum's.
+    """
+
+    ns_steps: int = 5
+    name: str = field(default="muon", init=False)
+    gates = ("lr", "beta")
+    momentum: bool = field(default=True, init=False)
+
+    def __post_init__(self):
+        require(isinstance(self.ns_steps, int) and not isinstance(self.ns_steps, bool) and self.ns_steps >= 1,
+                "algorithm.ns_steps", self.ns_steps, "an integer >= 1 (Newton-Schulz steps per token)",
+                "ATLAS uses k = 5")
+
+    def describe(self) -> str:
+        return f"Muon (momentum, Newton-Schulz x{self.ns_steps} per token)"
+
+    def orthogonalize(self, S: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """NS_k of every weight matrix [..., out, in] of S (per leading index: batch row, head, token)."""
+        return {name: newton_schulz(s, coefficients=(MUON_STEP,) * self.ns_steps) for name, s in S.items()}
 
 
 @choice("algorithm", "delta")

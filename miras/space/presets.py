@@ -11,7 +11,7 @@ from typing import Callable
 from .bias import DotProduct, Huber, L2, Lp, Omega
 from ..errors import require
 from .memory import MLPMemory, NonParametric, matrix
-from .algorithm import GD, Delta, Momentum
+from .algorithm import GD, Delta, Momentum, Muon
 from .algorithm import NonParametric as Attention
 from .retention import Decay, KLSoftmax, LqNormalization, NoRetention, RowNorm
 from .spec import MirasSpec
@@ -113,24 +113,26 @@ def titans_lmm():
 def moneta():
     """A_t = alpha_t A_{t-1} - eta_t grad ||M(k_t) - v_t||_3^3; W_t = r A_t / ||A_t||_4 at a chunk's last token,
     r A_t / ||A_s||_4 inside it (s = chunk start; ||W||_4 = r, the initialization's 4-norm; MIRAS Eq. 24's
-    A_t / ||A_t||_4^2 is form="paper", radius=1)"""
+    A_t / ||A_t||_4^2 is form="paper", radius=1); eta_t in R^d, one step per output channel (MIRAS section 5.4)"""
     retention = LqNormalization(q=4.0, form="sphere", radius="init")
-    return MirasSpec(deep_memory(), Lp(p=3.0), retention, GD(), chunk_size=16)
+    return MirasSpec(deep_memory(), Lp(p=3.0), retention, GD(channel_lr=True), chunk_size=16)
 
 
 @_preset("yaad", "memory", "Behrouz et al. 2025 (MIRAS)")
 def yaad():
     """W_t = alpha_t W_{t-1} - eta_t grad Huber_{delta_t}(M(k_t) - v_t): 2r if ||r|| <= delta_t sqrt(d), else
-    2 delta_t sqrt(d) r / ||r|| (the continuous form; Huber(form="switch") is the paper's literal switch)"""
-    return MirasSpec(deep_memory(), Huber(form="norm"), Decay(), GD(), chunk_size=16)
+    2 delta_t sqrt(d) r / ||r|| (the continuous form; Huber(form="switch") is the paper's literal switch); eta_t in
+    R^d, one step per output channel (MIRAS section 5.4)"""
+    return MirasSpec(deep_memory(), Huber(form="norm"), Decay(), GD(channel_lr=True), chunk_size=16)
 
 
 @_preset("memora", "memory", "Behrouz et al. 2025 (MIRAS)")
 def memora():
     """W_t = c softmax(alpha_t log W_{t-1} - eta_t grad ||M(k_t) - v_t||^2) at a chunk's last token, c = n_in (MIRAS
     Eq. 21's scale: rows sum to their length, entries O(1)); inside it linear: W_t = W_s + J(A_t - A_s), J the
-    Jacobian of c softmax at a uniform row (A: the logits)"""
-    return MirasSpec(deep_memory(), L2(), KLSoftmax(scale="n_in"), GD(), chunk_size=16)
+    Jacobian of c softmax at a uniform row (A: the logits); eta_t in R^d, one step per output channel (MIRAS
+    section 5.4)"""
+    return MirasSpec(deep_memory(), L2(), KLSoftmax(scale="n_in"), GD(channel_lr=True), chunk_size=16)
 
 
 for _name, _base, _block in [("titans-mac", "titans-lmm", "titans-mac"), ("titans-mag", "titans-lmm", "titans-mag"),
@@ -177,10 +179,10 @@ def omeganet():
 
 @_preset("atlas", "memory", "Behrouz et al. 2025 (ATLAS)")
 def atlas():
-    """S_t = beta_t S_{t-1} - eta_t grad sum_{i=t-c+1..t} gamma_i ||M(phi(k_i)) - v_i||^2; M_t = alpha_t M_{t-1} + S_t
-    (OmegaNet with momentum: ATLAS's Muon step M_t = alpha_t M_{t-1} - eta_t NewtonSchulz_5(S_t) is not implemented
-    yet, plain momentum stands in for it); c = 4, b = 16, M = LN(W2 gelu(W1 phi_2(k)))"""
-    return MirasSpec(atlas_memory(), Omega(window=ATLAS_WINDOW), Decay(), Momentum(), chunk_size=16)
+    """S_t = theta_t S_{t-1} + grad sum_{i=t-c+1..t} gamma_i ||M(phi(k_i)) - v_i||^2; M_t = alpha_t M_{t-1} - eta_t
+    NewtonSchulz_5(S_t) (ATLAS Eqs. 32-33: Muon, NS per weight matrix at every token; gradients at the chunk start,
+    b = 16); c = 4, M = LN(W2 gelu(W1 phi_2(k))), phi_2(k) = [c_0, c_1 k, c_2 k^(2)] with learned c_i^2 = 1/i! at init"""
+    return MirasSpec(atlas_memory(), Omega(window=ATLAS_WINDOW), Decay(), Muon(), chunk_size=16)
 
 
 # LaCT (arXiv 2505.23884): one update per large chunk, read before it; the fast weights' hidden size is LaCT's

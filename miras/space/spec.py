@@ -13,7 +13,7 @@ Memory = memories.MLPMemory | memories.NonParametric
 Bias = biases.DotProduct | biases.L2 | biases.Lp | biases.Huber | biases.ValueShiftRobustL2 | biases.Omega
 Retention = (retentions.NoRetention | retentions.Decay | retentions.LqNormalization
              | retentions.KLSoftmax | retentions.ElasticNet | retentions.RowNorm)
-Algorithm = algorithms.GD | algorithms.Momentum | algorithms.Delta | algorithms.NonParametric
+Algorithm = algorithms.GD | algorithms.Momentum | algorithms.Muon | algorithms.Delta | algorithms.NonParametric
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,8 @@ class MirasSpec:
                     "use a sliding window in the layer instead of a retention gate")
         if isinstance(b, biases.Omega):
             require(not isinstance(a, (algorithms.Delta, algorithms.NonParametric)), "algorithm", a.name,
-                    "'gd' or 'momentum' with the Omega bias (its step sums the window's gradients at the anchor)",
-                    "use GD() or Momentum(), or the 'l2' bias with the exact delta rule")
+                    "'gd', 'momentum' or 'muon' with the Omega bias (its step sums the window's gradients at the "
+                    "anchor)", "use GD(), Momentum() or Muon(), or the 'l2' bias with the exact delta rule")
             require(not getattr(a, "channel_lr", False), "algorithm.channel_lr", True,
                     "False with the Omega bias (a window's gradients come from tokens other than the step's)",
                     "use a scalar step size")
@@ -69,6 +69,10 @@ class MirasSpec:
             require(not m.is_matrix, "memory", m.describe(),
                     "a deep memory with 'rownorm' (a matrix memory starts at W0 = 0: row norms 0 would keep it at 0)",
                     "use an MLP memory, e.g. MLPMemory(activation='swiglu', residual=False, norm=False)")
+        if isinstance(a, algorithms.Muon):
+            require(not getattr(m, "norm_affine", False), "memory.norm_affine", True,
+                    "False with Muon (Newton-Schulz orthogonalizes the memory's weight matrices; the LayerNorm's gain "
+                    "and shift are vectors)", "use norm_affine=False, or the GD algorithm (TTT)")
         if getattr(m, "norm_affine", False):
             require(isinstance(r, retentions.NoRetention), "retention", r.name,
                     "'none' with memory.norm_affine (a decay or boundary would move the LayerNorm's gain and shift)",

@@ -5,12 +5,12 @@ import torch
 
 from miras.models import MirasConfig, MirasLM
 from miras.space import get_preset
-from miras.space.algorithm import GD, Momentum
+from miras.space.algorithm import GD, Muon
 from miras.space.bias import Omega
 
 
 def test_the_presets_are_the_omega_rule_on_polynomial_features():
-    for name, algorithm in (("omeganet", GD()), ("atlas", Momentum())):
+    for name, algorithm in (("omeganet", GD()), ("atlas", Muon(ns_steps=5))):
         preset = get_preset(name)
         spec = preset.spec
         assert (preset.block, spec.bias, spec.algorithm, spec.chunk_size) == ("memory", Omega(4), algorithm, 16)

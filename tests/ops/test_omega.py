@@ -195,9 +195,9 @@ def test_invalid_windows_and_combinations_are_refused():
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ConfigError, match=r"^bias\.window=.* is invalid: allowed an integer >= 1"):
             Omega(bad)
-    with pytest.raises(ConfigError, match=r"^algorithm='delta' is invalid: allowed 'gd' or 'momentum'"):
+    with pytest.raises(ConfigError, match=r"^algorithm='delta' is invalid: allowed 'gd', 'momentum' or 'muon'"):
         MirasSpec(matrix(), Omega(2), Decay(), Delta())
-    with pytest.raises(ConfigError, match=r"^algorithm='attention' is invalid: allowed 'gd' or 'momentum'"):
+    with pytest.raises(ConfigError, match=r"^algorithm='attention' is invalid: allowed 'gd', 'momentum' or 'muon'"):
         MirasSpec(NonParametric(), Omega(2), NoRetention(), Attention())
     with pytest.raises(ConfigError, match=r"^algorithm\.channel_lr=True is invalid"):
         MirasSpec(matrix(), Omega(2), Decay(), GD(channel_lr=True))

@@ -47,9 +47,14 @@ def paper_loop(spec, q, k, v, gates, state):
         W = {n: w.clone().requires_grad_() for n, w in anchor.items()}
         own = {n: gates[n][:, t, :, None] for n in bias.gates}
         with torch.enable_grad():
-            loss = bias.loss(memory(W, k[:, t, :, None]), v[:, t, :, None], own).sum()
-            g = dict(zip(W, torch.autograd.grad(loss, list(W.values()))))
-        eta = gates["lr"][:, t, :, None, None]
+            pred = memory(W, k[:, t, :, None])
+            if spec.per_channel("lr"):       # channel-wise eta: the loss' gradient at pred, scaled per channel, back
+                dpred = torch.autograd.grad(bias.loss(pred, v[:, t, :, None], own).sum(), pred, retain_graph=True)[0]
+                g = dict(zip(W, torch.autograd.grad(pred, list(W.values()), gates["lr"][:, t, :, None] * dpred)))
+            else:
+                loss = bias.loss(pred, v[:, t, :, None], own).sum()
+                g = dict(zip(W, torch.autograd.grad(loss, list(W.values()))))
+        eta = 1.0 if spec.per_channel("lr") else gates["lr"][:, t, :, None, None]
         inner = getattr(memory, "layers", list(A))   # TTT's LayerNorm gain and shift are not trained in the loop
         step = {n: -eta * g[n] if n in inner else torch.zeros_like(A[n]) for n in A}
         if S is not None:

@@ -1,4 +1,4 @@
-"""The generic mini-batch engine: any GD / momentum spec, chunk-parallel, equal to the recurrence.
+"""The generic mini-batch engine: any GD / momentum / Muon spec, chunk-parallel, equal to the recurrence.
 
 Derivation: docs/ops/minibatch.md. Per chunk of n tokens, with A_0, S_0 the state at its start and
 g_r = outer(d_r, a_r) the closed-form inner gradients at the chunk's anchor memory (one batched
@@ -16,8 +16,9 @@ with the chunk's last token read at boundary(A_t), the next anchor. TTT's token 
 frame with a per-token scale: W_t = A_s + tau_t (A_t - A_s); LaCT's chunk-start reads are that frame with tau = 0
 (W_t = A_s: no dual-form product), and both close a chunk with `state.close_chunk`. The Omega bias (window c)
 steps on the gradients of the last c tokens: the factors cover the chunk and the c - 1 tokens before it, and C
-becomes C @ band (`_windowed`). Only boundary_at="every-token" forms the chunk's per-token weights. The only
-Python loop is over chunks, and it carries only the state: the coefficients of all full chunks are computed in one
+becomes C @ band (`_windowed`). Only boundary_at="every-token" and Muon form the chunk's per-token weights (Muon:
+the momenta S_t of the chunk from the same unrolled form, Newton-Schulz on each, A_t = decay_t A_0 + sum_r Da[t, r]
+eta_r NS(S_r): `_muon_states`; docs/ops/minibatch.md section 8). The only Python loop is over chunks, and it carries only the state: the coefficients of all full chunks are computed in one
 batched call before it, and the reads run after it for groups of chunks at once (the chunks folded into the head
 axis).
 """
@@ -30,12 +31,14 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ...space import MirasSpec
+from ...space.algorithm import Muon
 from ...space.retention import InChunkMap, uses_frame
 from ..segsum import segprod, segsum
 from ..state import (MemoryState, check_inputs, check_token_offsets, close_chunk, empty_window, open_chunk_start,
                      window_size)
 
 READ_GROUP_BYTES = 16 * 2 ** 20  # chunk-start states stacked for one batched read (kept for backward)
+NS_PIECE_BYTES = 32 * 2 ** 20    # Muon: momenta per checkpointed piece of a chunk (backward recomputes them and NS)
 
 
 @dataclass
@@ -63,6 +66,15 @@ def coefficients(lr: Tensor, log_alpha: Tensor | None, beta: Tensor | None) -> C
                         sdecay, Db * lr.unsqueeze(-2))
 
 
+def muon_coefficients(lr: Tensor, log_alpha: Tensor | None, beta: Tensor) -> Coefficients:
+    """Muon's chunk coefficients, lr, log_alpha, beta [B, H, n]: the momentum's with a unit step (sdecay, Cs = Db:
+    S_t = sdecay_t S_0 - sum_r Cs[t, r] g_r) and the accumulator's over the orthogonalized momenta (decay, C = Da eta:
+    A_t = decay_t A_0 + sum_r C[t, r] NS(S_r)); m = None (S_0 reaches A only through NS)."""
+    decayed = coefficients(lr, log_alpha, None)
+    momentum = coefficients(torch.ones_like(lr), None, beta)
+    return Coefficients(decayed.decay, decayed.C, None, momentum.sdecay, momentum.Cs)
+
+
 def _windowed(co: Coefficients, c1: int) -> Coefficients:
     """The Omega bias with c - 1 = c1: the step of token r sums the gradients of tokens r - c1 .. r, whose factors
     are the chunk's c1 + n columns (the c1 tokens before it first), so C [t, r] -> C @ band with band [r, j] = 1 for
@@ -70,6 +82,8 @@ def _windowed(co: Coefficients, c1: int) -> Coefficients:
     n = co.C.shape[-1]
     j, r = torch.arange(c1 + n, device=co.C.device), torch.arange(n, device=co.C.device)[:, None]
     band = ((j >= r) & (j <= r + c1)).to(co.C.dtype)
+    if co.m is None and co.Cs is not None:          # Muon: the window sums gradients into S; A sums NS(S_r) per token
+        return replace(co, Cs=co.Cs @ band)
     return replace(co, C=co.C @ band, Cs=None if co.Cs is None else co.Cs @ band)
 
 
@@ -122,6 +136,53 @@ def _token_linear(spec: MirasSpec, co: Coefficients, A0, S0, factors):
         if S0 is not None:
             A_t[name] = A_t[name] + co.m[..., None, None] * S0[name].unsqueeze(2)
     W_t = spec.retention.boundary(A_t)
+    return lambda name, h: torch.einsum("bhtoi,bhti->bhto", W_t[name], h)
+
+
+def _muon_states(spec: MirasSpec, co: Coefficients, A0, S0, factors) -> tuple[dict, dict, dict]:
+    """Muon in a chunk: the momentum of every token from its unrolled form (linear in the anchor gradients:
+    S_t = sdecay_t S_0 - sum_{r <= t} Cs[t, r] d_r a_r^T), U_t = NS_k(S_t) [B, H, n, out, in] (batched over the
+    chunk's tokens), the chunk's last momentum and accumulator A = decay A_0 + sum_r C[n - 1, r] U_r.
+    -> (U, S_end, A_end).
+
+    Under autograd the tokens go in pieces of at most NS_PIECE_BYTES of momenta, each checkpointed: backward
+    recomputes a piece's S_t and Newton-Schulz from the factors instead of keeping S_t and NS's intermediates (every
+    step's X, Gram matrix and polynomial: about 8 times S_t), so a chunk keeps only U. The recomputation repeats the
+    same operations, so values and gradients are those of the plain computation."""
+    def orthogonalized(name, sdecay, s0, cs, d, a):
+        S_t = sdecay[..., None, None] * s0.unsqueeze(2) - torch.einsum("bhtr,bhro,bhri->bhtoi", cs, d, a)
+        return spec.algorithm.orthogonalize({name: S_t})[name]
+
+    n = co.Cs.shape[-2]
+    U, S_end, A_end = {}, {}, {}
+    for name, (d, a) in factors.items():
+        S_end[name] = _minus_outer_sum(co.sdecay[..., n - 1, None, None] * S0[name], co.Cs[..., n - 1, :], d, a)
+        args = (co.sdecay, S0[name], co.Cs, d, a)
+        if torch.is_grad_enabled() and any(x.requires_grad for x in args):
+            per = max(1, NS_PIECE_BYTES // max(S0[name].numel() * S0[name].element_size(), 1))
+            U[name] = torch.cat([checkpoint(orthogonalized, name, co.sdecay[..., t:t + per], S0[name],
+                                            co.Cs[..., t:t + per, :], d, a, use_reentrant=False)
+                                 for t in range(0, n, per)], dim=2)
+        else:
+            U[name] = orthogonalized(name, *args)
+        A_end[name] = co.decay[..., n - 1, None, None] * A0[name] + torch.einsum("bhr,bhroi->bhoi", co.C[..., n - 1, :],
+                                                                                 U[name])
+    return U, S_end, A_end
+
+
+def _muon_linear(co: Coefficients, A0, U):
+    """A_t h_t for every token t of the chunk, A_t = decay_t A_0 + sum_{r <= t} C[t, r] U_r, without forming A_t: the
+    products U_r h_t of every pair of the chunk's tokens ([B, H, n, n, out]; C masks r > t)."""
+    def linear(name: str, h: Tensor) -> Tensor:
+        z = co.decay.unsqueeze(-1) * (h @ A0[name].transpose(-1, -2))
+        return z + torch.einsum("bhtr,bhtro->bhto", co.C, torch.einsum("bhroi,bhti->bhtro", U[name], h))
+    return linear
+
+
+def _muon_token_linear(spec: MirasSpec, co: Coefficients, A0, U):
+    """W_t h_t with W_t = boundary(A_t) formed for every token (Muon with boundary_at="every-token")."""
+    W_t = spec.retention.boundary({name: co.decay[..., None, None] * A0[name].unsqueeze(2)
+                                   + torch.einsum("bhtr,bhroi->bhtoi", co.C, u) for name, u in U.items()})
     return lambda name, h: torch.einsum("bhtoi,bhti->bhto", W_t[name], h)
 
 
@@ -189,7 +250,7 @@ def _chunks(spec, chunks, A, S, anchor, start):
     token (per-token weights, `_token_linear`). anchor: the open chunk's anchor (or the next chunk's, when
     already known); start: the open chunk's start accumulator (retentions read through `frame`)."""
     memory, bias, retention = spec.memory, spec.bias, spec.retention
-    framed = uses_frame(retention)
+    framed, muon = uses_frame(retention), isinstance(spec.algorithm, Muon)
     state_bytes = sum(a.numel() * a.element_size() for a in A.values()) * (1 if S is None else 2)
     group = max(1, READ_GROUP_BYTES // max(state_bytes, 1))
     ys, reads, frame = [], [], None
@@ -214,12 +275,23 @@ def _chunks(spec, chunks, A, S, anchor, start):
             factors = memory.backward_factors(anchor, k, lambda pred: gates["lr"] * bias.grad(pred, v, own))
         else:
             factors = memory.backward_factors(anchor, k, lambda pred: bias.grad(pred, v, own))
-        A_end, S_end = _state_at(n - 1, co, A, S, factors)
+        if muon:
+            U, S_end, A_end = _muon_states(spec, co, A, S, factors)
+        else:
+            A_end, S_end = _state_at(n - 1, co, A, S, factors)
         closes = before + n == spec.chunk_size
         if weights is not None and closes:
             A_end = close_chunk(spec, start, A_end, end)
         next_anchor, next_frame = retention.boundary_frame(A_end) if framed and closes else (None, None)
-        if retention.identity_boundary or framed:       # (token weights: identity boundary, read through `frame`)
+        if muon:        # reads through NS(S_r) of every token r; a closing chunk's last token at the next anchor
+            if retention.identity_boundary or framed:
+                linear = _muon_linear(co, A, U)
+                linear = _framed_linear(linear, frame) if framed else linear
+            else:
+                linear = _muon_token_linear(spec, co, A, U)
+            y = memory.run(q, linear)[0]
+            ys.append(y if next_anchor is None else torch.cat([y[:, :, :-1], memory(next_anchor, q[:, :, n - 1:])], 2))
+        elif retention.identity_boundary or framed:     # (token weights: identity boundary, read through `frame`)
             if reads and (len(reads) == group or reads[0][0].shape[2] != n):
                 ys.append(_read_group(spec, reads))
                 reads = []
@@ -235,10 +307,12 @@ def _chunks(spec, chunks, A, S, anchor, start):
     return torch.cat(ys, dim=2), A, S, anchor, start
 
 
-def _all_coefficients(gate_parts: dict[str, tuple[Tensor, ...]], sizes: list[int], b: int) -> list[Coefficients]:
-    """Every chunk's Coefficients; the full chunks (n = b) in one batched call over a chunk axis."""
+def _all_coefficients(gate_parts: dict[str, tuple[Tensor, ...]], sizes: list[int], b: int, build=coefficients
+                      ) -> list[Coefficients]:
+    """Every chunk's Coefficients (from `build`: coefficients, or muon_coefficients); the full chunks (n = b) in one
+    batched call over a chunk axis."""
     def of(parts):
-        return coefficients(parts["lr"], parts.get("log_alpha"), parts.get("beta"))
+        return build(parts["lr"], parts.get("log_alpha"), parts.get("beta"))
     full = [i for i, n in enumerate(sizes) if n == b]
     out = {}
     if full:
@@ -251,7 +325,7 @@ def _all_coefficients(gate_parts: dict[str, tuple[Tensor, ...]], sizes: list[int
 def chunk_minibatch(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor],
                     state: MemoryState, checkpoint_chunks: int = 0, token_offsets: Tensor | None = None
                     ) -> tuple[Tensor, MemoryState]:
-    """The chunked form of `recurrent_reference` for GD / momentum specs (same arguments and result).
+    """The chunked form of `recurrent_reference` for GD / momentum / Muon specs (same arguments and result).
 
     q, k: [B, T, H, d_k]; v: [B, T, H, d_v]; gates: name -> [B, T, H]; state: MemoryState.
     checkpoint_chunks: if > 0, recompute groups of that many chunks in backward instead of keeping
@@ -272,7 +346,8 @@ def chunk_minibatch(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dic
     parts = [x.split(sizes, dim=2) for x in (q, k, v)]
     gate_parts = {n: g.split(sizes, dim=2) for n, g in gates.items()}
     scalar_lr = {"lr": tuple(torch.ones_like(g[..., 0]) for g in gate_parts["lr"])} if spec.per_channel("lr") else {}
-    cos = _all_coefficients({**gate_parts, **scalar_lr}, sizes, b)
+    muon = isinstance(spec.algorithm, Muon)
+    cos = _all_coefficients({**gate_parts, **scalar_lr}, sizes, b, muon_coefficients if muon else coefficients)
     c1, window = window_size(spec), None
     if c1:          # the Omega bias: each chunk's k, v and gamma after the c - 1 tokens before it
         B, H = q.shape[:2]
