@@ -21,7 +21,7 @@ from miras.space.algorithm import GD
 from miras.space.bias import L2, DotProduct
 from miras.space.retention import NoRetention, RowNorm
 
-from .helpers import rel_err
+from .helpers import assert_same_results, engine_and_reference, rel_err
 
 B = 4                      # the tests' chunk size
 LACT = get_preset("lact").spec.with_chunk_size(B)
@@ -118,25 +118,9 @@ def test_reference_equals_lacts_chunk_loop(seqlen, muon, rownorm):
 def test_engine_equals_reference_every_gradient(name, seqlen):
     spec = SPECS[name]
     q, k, v, gates, state = _inputs(spec, seqlen)
-    leaves = _leaves(q, k, v, gates, state)
-    outs = []
-    for fn in (recurrent_reference, chunk_minibatch):
-        y, final = fn(spec, q, k, v, gates, state)
-        w = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype)
-        loss = (y * w).sum() + sum((a * a.detach().sin()).sum() for a in final.A.values())
-        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-        outs.append((y.detach(), {n: a.detach() for n, a in final.tensors().items()}, grads, final.offset))
-    (y0, s0, g0, off0), (y1, s1, g1, off1) = outs
-    assert off0 == off1 == seqlen % B
-    assert s0.keys() == s1.keys()
-    assert rel_err(y1, y0) < 1e-10
-    for n in s0:
-        assert rel_err(s1[n], s0[n]) < 1e-10, n
-    for i, (a, b) in enumerate(zip(g1, g0)):
-        if a is None or b is None:
-            assert a is None and b is None and seqlen == 0, i
-            continue
-        assert rel_err(a, b) < 1e-9, i
+    outs = engine_and_reference(spec, q, k, v, gates, state, _leaves(q, k, v, gates, state))
+    assert outs[0][2] == seqlen % B
+    assert_same_results(outs)
 
 
 def test_fp32_engine_close_to_fp64_reference():

@@ -18,7 +18,7 @@ from miras.space.bias import L2
 from miras.space.memory import MLPMemory, matrix
 from miras.space.retention import Decay, NoRetention
 
-from .helpers import rel_err
+from .helpers import assert_same_results, engine_and_reference, rel_err
 
 B = 4
 
@@ -65,26 +65,12 @@ def test_engine_equals_reference_every_gradient(preset, seqlen):
     assert spec.algorithm.token_weights
     q, k, v, gates, state = random_inputs(spec, seqlen=seqlen, requires_grad=True)
     o = _offsets()
-    leaves = [q, k, v, *gates.values(), *state.A.values(), o]
-    outs = []
-    for fn in (recurrent_reference, chunk_minibatch):
-        y, final = fn(spec, q, k, v, gates, state, token_offsets=o)
-        w = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype)
-        loss = (y * w).sum() + sum((a * a).sum() for a in final.A.values())
-        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-        outs.append((y.detach(), {n: a.detach() for n, a in final.A.items()}, grads, final.offset))
-    (y0, A0, g0, off0), (y1, A1, g1, off1) = outs
-    assert off0 == off1 == seqlen % B
-    assert rel_err(y1, y0) < 1e-10
-    for n in A0:
-        assert rel_err(A1[n], A0[n]) < 1e-10, n
-    for i, (a, b) in enumerate(zip(g1, g0)):
-        if a is None or b is None:
-            assert a is None and b is None and seqlen == 0, i
-            continue
-        assert rel_err(a, b) < 1e-9, i
+    outs = engine_and_reference(spec, q, k, v, gates, state, [q, k, v, *gates.values(), *state.A.values(), o],
+                                token_offsets=o)
+    assert outs[0][2] == seqlen % B
+    assert_same_results(outs)
     if seqlen >= B:
-        assert g0[-1].abs().sum() > 0                          # the offsets are learned through the reads
+        assert outs[0][3][-1].abs().sum() > 0                          # the offsets are learned through the reads
 
 
 @pytest.mark.parametrize("split", [1, 3, 6])
