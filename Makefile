@@ -26,8 +26,10 @@ $(VENV)/.installed: $(LOCK) pyproject.toml
 setup: $(VENV)/.installed
 
 # The main job: train and compare the presets on the embedded MQAR default (tables + plots in runs/compare).
+# Any other presets or flags: make run COMPARE="--presets kda,lact,atlas"
+COMPARE ?=
 run: $(VENV)/.installed
-	$(VENV)/bin/miras compare
+	$(VENV)/bin/miras compare $(COMPARE)
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/miras demo
