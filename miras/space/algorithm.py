@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -42,13 +43,16 @@ def newton_schulz(g: torch.Tensor, eps: float = 1e-7, coefficients=NEWTON_SCHULZ
     """Muon's orthogonalization of every matrix of g [..., o, i]: X = g / (||g||_F + eps), then one step
     X <- a X + (b A + c A^2) X, A = X X^T, per (a, b, c) of `coefficients` (LaCT's NEWTON_SCHULZ by default), which
     push X's singular values towards 1 (X -> U V^T for g = U S V^T). Computed on the wide side (X^T when o > i: the
-    same map, transposed, with the smaller Gram matrix). An odd map: NS(-g) = -NS(g), exactly."""
+    same map, transposed, with the smaller Gram matrix). An odd map: NS(-g) = -NS(g), exactly. Each step is two fused
+    multiply-adds (baddbmm) over the matrices stacked on one batch axis: one new X-sized tensor per step."""
     tall = g.shape[-2] > g.shape[-1]
     x = g.transpose(-1, -2) if tall else g
-    x = x / (torch.linalg.matrix_norm(x, keepdim=True) + eps)
+    shape = x.shape
+    x = (x / (torch.linalg.matrix_norm(x, keepdim=True) + eps)).reshape(math.prod(shape[:-2]), *shape[-2:])
     for a, b, c in coefficients:
         gram = x @ x.transpose(-1, -2)
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    x = x.view(shape)
     return x.transpose(-1, -2) if tall else x
 
 

@@ -181,7 +181,8 @@ def omeganet():
 def atlas():
     """S_t = theta_t S_{t-1} + grad sum_{i=t-c+1..t} gamma_i ||M(phi(k_i)) - v_i||^2; M_t = alpha_t M_{t-1} - eta_t
     NewtonSchulz_5(S_t) (ATLAS Eqs. 32-33: Muon, NS per weight matrix at every token; gradients at the chunk start,
-    b = 16); c = 4, M = LN(W2 gelu(W1 phi_2(k))), phi_2(k) = [c_0, c_1 k, c_2 k^(2)] with learned c_i^2 = 1/i! at init"""
+    b = 16); c = 4, M = LN(W2 gelu(W1 phi_2(k))), phi_2(k) = [c_0, c_1 k, c_2 k^(2)] with learned c_i^2 = 1/i! at
+    init"""
     return MirasSpec(atlas_memory(), Omega(window=ATLAS_WINDOW), Decay(), Muon(), chunk_size=16)
 
 

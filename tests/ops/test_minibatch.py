@@ -46,7 +46,7 @@ def run_both(spec, seqlen, dtype=torch.float64, seed=0, grads=False, checkpoint_
         y, final = fn(spec, q, k, v, gates, state)
         out = {"y": y, **final.tensors()}
         if grads:
-            w = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype)
+            w = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(y.dtype)
             loss = (y * w).sum() + sum(t.sum() for n, t in final.tensors().items() if n.startswith("A."))
             out.update({f"d{n}": g for n, g in zip(leaves, torch.autograd.grad(loss, list(leaves.values())))})
         results.append((out, final))

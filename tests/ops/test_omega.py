@@ -32,8 +32,8 @@ def inputs(spec, seqlen, dtype=torch.float64, seed=0, grads=False):
     q, k, v, gates, state = random_inputs(spec, seqlen=seqlen, dtype=dtype, seed=seed)
     if state.window is not None:
         gen = torch.Generator().manual_seed(seed + 1)
-        state.window = {n: (torch.rand if n == "gamma" else torch.randn)(w.shape, generator=gen, dtype=dtype)
-                        for n, w in state.window.items()}
+        draw = {n: torch.rand if n == "gamma" else torch.randn for n in state.window}
+        state.window = {n: draw[n](w.shape, generator=gen, dtype=torch.float64).to(dtype) for n, w in state.window.items()}
     if grads:
         for t in [q, k, v, *gates.values(), *state.tensors().values()]:
             t.requires_grad_(True)
@@ -103,7 +103,8 @@ def run_both(spec, seqlen, dtype=torch.float64, grads=True):
         res = {"y": y, **final.tensors()}
         if grads:
             gen = torch.Generator().manual_seed(7)
-            loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype)).sum() for t in res.values())
+            loss = sum((t * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)).sum()
+                       for t in res.values())
             grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True, materialize_grads=True)
             res.update({f"d{n}": g for n, g in zip(leaves, grads)})
         out.append(res)
