@@ -39,33 +39,35 @@ def assert_engine_equals_reference(spec, seqlen: int, tol: float = 1e-9, **input
         assert rel_err(a, b) <= tol, i
 
 
-def engine_and_reference(spec, q, k, v, gates, state, leaves, **kwargs) -> list[tuple]:
-    """The recurrent reference and the mini-batch engine on the same inputs (kwargs: e.g. token_offsets): for each,
-    (y, the final state's tensors, its offset, the gradients wrt `leaves` of a random projection of y and of the
-    final state's A; None where a leaf is unused)."""
+
+def run_both(spec, q, k, v, gates, state, grads: bool = True, extra: dict | None = None, **kwargs) -> list[dict]:
+    """The recurrent reference and the mini-batch engine on the same inputs (kwargs: e.g. token_offsets), each as a
+    dict: "y", the final state's tensors, "offset" (a float64 scalar tensor) and, with grads, "d<name>": the gradients of a random projection
+    of y and of the final state with respect to q, k, v, every gate, every start tensor and the `extra` leaves
+    (name -> tensor; zeros where a leaf is unused). The projections are drawn in float64 whatever the dtype."""
     import torch
 
     from miras.ops import recurrent_reference
     from miras.ops.minibatch import chunk_minibatch
-    outs = []
+    leaves = {"q": q, "k": k, "v": v, **{f"gates.{n}": g for n, g in gates.items()}, **state.tensors(), **(extra or {})}
+    out = []
     for fn in (recurrent_reference, chunk_minibatch):
         y, final = fn(spec, q, k, v, gates, state, **kwargs)
-        gen = torch.Generator().manual_seed(7)
-        loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype)).sum() for t in (y, *final.A.values()))
-        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-        outs.append((y.detach(), {n: a.detach() for n, a in final.tensors().items()}, final.offset, grads))
-    return outs
+        res = {"y": y, **final.tensors()}
+        if grads:
+            gen = torch.Generator().manual_seed(7)
+            loss = sum((t * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)).sum()
+                       for t in res.values())
+            grad = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True, materialize_grads=True)
+            res.update({f"d{n}": g for n, g in zip(leaves, grad)})
+        out.append({**res, "offset": torch.tensor(float(final.offset), dtype=torch.float64)})
+    return out
 
 
-def assert_same_results(outs: list[tuple], tol: float = 1e-10, grad_tol: float = 1e-9) -> None:
-    """engine_and_reference's two results equal: outputs, every state tensor and offset within tol, gradients within
-    grad_tol (relative RMS); a gradient may be None on both sides only (an unused leaf, e.g. at T = 0)."""
-    (y0, s0, off0, g0), (y1, s1, off1, g1) = outs
-    assert off0 == off1 and s0.keys() == s1.keys()
-    assert rel_err(y1, y0) < tol
-    for n in s0:
-        assert rel_err(s1[n], s0[n]) < tol, n
-    for i, (a, b) in enumerate(zip(g1, g0)):
-        assert (a is None) == (b is None), i
-        if a is not None:
-            assert rel_err(a, b) < grad_tol, i
+def assert_same(outs: list[dict], tol: float = 1e-10, grad_tol: float = 1e-9) -> None:
+    """run_both's two results equal: the same keys, outputs, offset and state within tol, gradients within grad_tol
+    (relative RMS)."""
+    ref, fast = outs
+    assert ref.keys() == fast.keys()
+    for key in ref:
+        assert rel_err(fast[key], ref[key]) < (grad_tol if key.startswith("d") else tol), key

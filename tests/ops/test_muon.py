@@ -23,6 +23,7 @@ from miras.space.memory import MLPMemory, matrix
 from miras.space.retention import Decay, KLSoftmax, LqNormalization, NoRetention, RowNorm
 from miras.space.tables import spec_from_dict, spec_to_dict
 
+from . import helpers
 from .helpers import rel_err
 
 DEEP = MLPMemory(depth=2, expansion=2)          # W1 [16, 8] (tall), W2 [8, 16] (wide) at d = 8
@@ -142,22 +143,9 @@ def test_muon_is_momentum_with_the_step_orthogonalized():
 
 
 def run_both(spec, seqlen, dtype=torch.float64, grads=True, zero_momentum=False):
-    """The reference and the engine on the same inputs: y, the final state's tensors and, with grads, the gradients
-    of a random projection of y and the final state with respect to q, k, v, every gate and every start tensor."""
+    """The reference and the engine on this file's inputs (helpers.run_both)."""
     q, k, v, gates, state = inputs(spec, seqlen, dtype=dtype, grads=grads, zero_momentum=zero_momentum)
-    leaves = {"q": q, "k": k, "v": v, **{f"gates.{n}": g for n, g in gates.items()}, **state.tensors()}
-    out = []
-    for fn in (recurrent_reference, chunk_minibatch):
-        y, final = fn(spec, q, k, v, gates, state)
-        res = {"y": y, **final.tensors()}
-        if grads:
-            gen = torch.Generator().manual_seed(7)
-            loss = sum((t * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)).sum()
-                       for t in res.values())
-            grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True, materialize_grads=True)
-            res.update({f"d{n}": g for n, g in zip(leaves, grads)})
-        out.append(res)
-    return out
+    return helpers.run_both(spec, q, k, v, gates, state, grads=grads)
 
 
 # fp64 engine against reference: measured worst 7e-14 (d lr, from S_0 = 0 over 10 chunks), 2e-14 in the other cases

@@ -16,6 +16,7 @@ from miras.space.bias import L2, Omega
 from miras.space.memory import MLPMemory, NonParametric, matrix
 from miras.space.retention import Decay, KLSoftmax, NoRetention
 
+from . import helpers
 from .helpers import rel_err
 
 
@@ -93,22 +94,8 @@ def test_window_one_with_unit_gamma_is_the_l2_bias():
 
 
 def run_both(spec, seqlen, dtype=torch.float64, grads=True):
-    """The reference and the engine on the same inputs: y, the final state's tensors and, with grads, the gradients
-    of a random projection of y and the final state with respect to q, k, v, every gate and every start tensor."""
-    q, k, v, gates, state = inputs(spec, seqlen, dtype=dtype, grads=grads)
-    leaves = {"q": q, "k": k, "v": v, **{f"gates.{n}": g for n, g in gates.items()}, **state.tensors()}
-    out = []
-    for fn in (recurrent_reference, chunk_minibatch):
-        y, final = fn(spec, q, k, v, gates, state)
-        res = {"y": y, **final.tensors()}
-        if grads:
-            gen = torch.Generator().manual_seed(7)
-            loss = sum((t * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)).sum()
-                       for t in res.values())
-            grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True, materialize_grads=True)
-            res.update({f"d{n}": g for n, g in zip(leaves, grads)})
-        out.append(res)
-    return out
+    """The reference and the engine on this file's inputs (helpers.run_both)."""
+    return helpers.run_both(spec, *inputs(spec, seqlen, dtype=dtype, grads=grads), grads=grads)
 
 
 CASES = [(0, 4), (1, 4), (3, 4), (11, 4), (9, 2)]     # T = 0, 1, T < chunk, odd lengths; with c = 5 > chunk
