@@ -25,7 +25,7 @@ from .state import MemoryState, RaggedState, check_inputs, check_tensors, check_
 MODES = ("auto", "reference", "chunked")
 CHECK_FINITE_ENV = "MIRAS_CHECK_FINITE"   # =1: report NaN / Inf in every op's inputs, outputs and states
 EXACT_CHUNK = 64  # kernel chunk of the chunk-invariant ops (the function does not depend on it)
-CHANNEL_CHUNK = 16  # at most this for chunk_kda: its in-chunk decays are [C, C, d_k] (C = 16: ~4x faster than 64)
+CHANNEL_CHUNK = 16  # chunk_kda's chunk: its in-chunk decays are [C, C, d_k] (C = 16: ~4x faster than 64)
 
 
 def select_op(spec: MirasSpec) -> str:
@@ -178,7 +178,7 @@ def _run(op, spec, q, k, v, gates, state, checkpoint_chunks, token_offsets=None)
                          output_final_state=True, chunk_size=EXACT_CHUNK)
     elif spec.retention.per_channel:
         y, S = chunk_kda(q, k, v, gates["log_alpha"], gates["lr"], scale=1.0, initial_state=S0, output_final_state=True,
-                         chunk_size=min(EXACT_CHUNK, CHANNEL_CHUNK))
+                         chunk_size=CHANNEL_CHUNK)
     else:
         y, S = chunk_gated_delta_rule(q, k, v, g=gates.get("log_alpha"), beta=gates["lr"], scale=1.0,
                                       initial_state=S0, output_final_state=True, chunk_size=EXACT_CHUNK)

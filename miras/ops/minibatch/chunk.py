@@ -25,6 +25,7 @@ of chunks at once (the chunks folded into the head axis; Muon's read in the loop
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, replace
 
 import torch
@@ -97,7 +98,7 @@ def _with_window(x: Tensor, before: Tensor, sizes: list[int]) -> tuple[tuple[Ten
     the c1 before it, [B, H, c1 + n, ...]; the last c1 entries, the next window). One gather and one split, so the
     backward is one scatter and one concatenation."""
     c1, full = before.shape[2], torch.cat([before.to(x.dtype), x], dim=2)
-    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    starts = [0, *itertools.accumulate(sizes)][:-1]
     index = [torch.arange(s, s + c1 + n, device=x.device) for s, n in zip(starts, sizes)]
     parts = full.index_select(2, torch.cat(index)).split([c1 + n for n in sizes], dim=2) if sizes else ()
     return parts, full[:, :, full.shape[2] - c1:]
