@@ -36,6 +36,7 @@ from ...space import MirasSpec
 from ...space.algorithm import Muon
 from ...space.retention import InChunkMap, uses_frame
 from ..segsum import segprod, segsum
+from . import linear_ln
 from ..state import (MemoryState, check_inputs, check_token_offsets, close_chunk, empty_window, open_chunk_start,
                      window_size)
 
@@ -337,9 +338,20 @@ def chunk_minibatch(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dic
     checkpoint_chunks: if > 0, recompute groups of that many chunks in backward instead of keeping
     their intermediates (activation memory O(T / group) states instead of O(T)).
     token_offsets: TTT's learned token-weight offsets [chunk_size] (GD(token_weights=True); None: zeros).
+    TTT-Linear's specs (`linear_ln.applies`) run their full chunks in linear_ln.py's op with a hand-written backward.
     """
     check_inputs(spec, q, k, v, gates)
     check_token_offsets(spec, token_offsets)
+    if linear_ln.applies(spec):
+        def generic(*args, token_offsets):
+            return _chunk_generic(*args, checkpoint_chunks, token_offsets)
+        return linear_ln.chunk_linear_ln(spec, q, k, v, gates, state, token_offsets, generic)
+    return _chunk_generic(spec, q, k, v, gates, state, checkpoint_chunks, token_offsets)
+
+
+def _chunk_generic(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor], state: MemoryState,
+                   checkpoint_chunks: int = 0, token_offsets: Tensor | None = None) -> tuple[Tensor, MemoryState]:
+    """chunk_minibatch's dual-form engine for every spec (the checks done)."""
     T, b = q.shape[1], spec.chunk_size
     in_dtype, dtype = q.dtype, torch.promote_types(q.dtype, torch.float32)
     q, k, v = (x.to(dtype).transpose(1, 2) for x in (q, k, v))                 # [B, H, T, d]
