@@ -68,12 +68,14 @@ def test_variants_equal_the_recurrence(variant):
     assert_same(_compare(_spec(**variant), 5 * B + 2, before=1))
 
 
-def test_float32_close_to_float64():
+def test_float32_as_accurate_as_the_recurrence():
+    """In float32 the op is within 3x the float32 recurrence's own error (against float64), and 1e-3 relative."""
     spec = _spec()
-    fast32 = _compare(spec, 29, before=2, dtype=torch.float32)[1]
+    ref32, fast32 = _compare(spec, 29, before=2, dtype=torch.float32)
     ref64 = _compare(spec, 29, before=2)[0]
     for key in ref64:
-        assert rel_err(fast32[key], ref64[key]) < 1e-4, key
+        err = rel_err(fast32[key], ref64[key])
+        assert err <= max(3 * rel_err(ref32[key], ref64[key]), 1e-6) and err < 1e-3, key
 
 
 def test_full_chunks_run_in_the_hand_written_op(monkeypatch):

@@ -36,7 +36,7 @@ from ...space import MirasSpec
 from ...space.algorithm import Muon
 from ...space.retention import InChunkMap, uses_frame
 from ..segsum import segprod, segsum
-from . import linear_ln
+from . import linear_ln, mlp2
 from ..state import (MemoryState, check_inputs, check_token_offsets, close_chunk, empty_window, open_chunk_start,
                      window_size)
 
@@ -46,6 +46,7 @@ READ_GROUP_BYTES = 16 * 2 ** 20  # chunk-start states stacked for one batched re
 # fragments. One training step of the atlas compare model (batch 16, one thread): 256 MiB pieces 81 s, peak RSS
 # 3.7 GB; 32 MiB pieces 61 s (fewer page faults), 6.4 GB; 4 MiB pieces about 3x the RSS of 32 MiB.
 NS_PIECE_BYTES = 256 * 2 ** 20
+FUSED = (linear_ln, mlp2)      # memory families with a hand-written backward: applies(spec), full_chunks(...)
 
 
 @dataclass
@@ -338,15 +339,26 @@ def chunk_minibatch(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dic
     checkpoint_chunks: if > 0, recompute groups of that many chunks in backward instead of keeping
     their intermediates (activation memory O(T / group) states instead of O(T)).
     token_offsets: TTT's learned token-weight offsets [chunk_size] (GD(token_weights=True); None: zeros).
-    TTT-Linear's specs (`linear_ln.applies`) run their full chunks in linear_ln.py's op with a hand-written backward.
+    The specs of a memory family with a hand-written op (`FUSED`: TTT-Linear, Titans' LMM) run their full chunks in it,
+    the tokens that finish an open chunk and those after the last full chunk here.
     """
     check_inputs(spec, q, k, v, gates)
     check_token_offsets(spec, token_offsets)
-    if linear_ln.applies(spec):
-        def generic(*args, token_offsets):
-            return _chunk_generic(*args, checkpoint_chunks, token_offsets)
-        return linear_ln.chunk_linear_ln(spec, q, k, v, gates, state, token_offsets, generic)
-    return _chunk_generic(spec, q, k, v, gates, state, checkpoint_chunks, token_offsets)
+    fused = next((f for f in FUSED if f.applies(spec)), None)
+    T, b = q.shape[1], spec.chunk_size
+    head = min(T, (b - state.offset) % b)                  # the tokens that finish an open chunk
+    end = head + (T - head) // b * b                       # the end of the last full chunk
+    if fused is None or end == head:
+        return _chunk_generic(spec, q, k, v, gates, state, checkpoint_chunks, token_offsets)
+    ys = []
+    for lo, hi, run in ((0, head, None), (head, end, fused.full_chunks), (end, T, None)):
+        if hi > lo:
+            part = (x[:, lo:hi] for x in (q, k, v))
+            y, state = (run(spec, *part, {n: g[:, lo:hi] for n, g in gates.items()}, state, token_offsets) if run
+                        else _chunk_generic(spec, *part, {n: g[:, lo:hi] for n, g in gates.items()}, state,
+                                            checkpoint_chunks, token_offsets))
+            ys.append(y)
+    return torch.cat(ys, dim=1), state
 
 
 def _chunk_generic(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor], state: MemoryState,

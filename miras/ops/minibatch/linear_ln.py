@@ -143,27 +143,16 @@ class LinearLNChunks(torch.autograd.Function):
         return (*out, dtau, de, None, None)
 
 
-def chunk_linear_ln(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor], state: MemoryState,
-                    token_offsets: Tensor | None, generic) -> tuple[Tensor, MemoryState]:
-    """`chunk_minibatch` for a spec this op `applies` to (same arguments): the tokens that finish an open chunk and
-    those after the last full chunk run in `generic` (the generic engine), the full chunks between in
-    `LinearLNChunks`."""
+def full_chunks(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor], state: MemoryState,
+                token_offsets: Tensor | None = None) -> tuple[Tensor, MemoryState]:
+    """`chunk_minibatch` on whole chunks from a chunk boundary (T a multiple of the chunk size, state.offset 0)."""
     B, T, H, _ = q.shape
     b = spec.chunk_size
-    head = min(T, (b - state.offset) % b)
-    N = (T - head) // b
-    if N == 0:
-        return generic(spec, q, k, v, gates, state, token_offsets=token_offsets)
-    ys = []
-    if head:
-        y, state = generic(spec, q[:, :head], k[:, :head], v[:, :head], {n: g[:, :head] for n, g in gates.items()},
-                           state, token_offsets=token_offsets)
-        ys.append(y)
-    end = head + N * b
+    N = T // b
     dtype = torch.promote_types(q.dtype, torch.float32)
 
     def chunks(x: Tensor) -> Tensor:                                   # [B, T, H, ...] -> [B, H, N, b, ...]
-        return x[:, head:end].to(dtype).transpose(1, 2).unflatten(2, (N, b))
+        return x.to(dtype).transpose(1, 2).unflatten(2, (N, b))
     A = {n: a.to(dtype) for n, a in state.A.items()}
     W = A["W1"]
     if spec.memory.norm_affine:
@@ -177,10 +166,4 @@ def chunk_linear_ln(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dic
         tau, e = W.new_ones(b), W.new_ones(())
     Y, W = LinearLNChunks.apply(chunks(k), chunks(q), chunks(v), chunks(gates["lr"]), W, g, beta, tau, e,
                                 spec.memory.norm_eps, spec.memory.residual)
-    ys.append(Y.flatten(2, 3).transpose(1, 2).to(q.dtype))
-    state = MemoryState({**A, "W1": W})
-    if end < T:
-        y, state = generic(spec, q[:, end:], k[:, end:], v[:, end:], {n: g[:, end:] for n, g in gates.items()}, state,
-                           token_offsets=token_offsets)
-        ys.append(y)
-    return torch.cat(ys, dim=1), state
+    return Y.flatten(2, 3).transpose(1, 2).to(q.dtype), MemoryState({**A, "W1": W})

@@ -1,0 +1,82 @@
+"""Titans' memory op with the hand-written backward (miras/ops/minibatch/mlp2.py) against the recurrent reference:
+outputs, the final state and every gradient (q, k, v, every gate, every start tensor), float64 tight and float32
+relative, at T = 0, 1, < chunk, one chunk, odd lengths, from a state left mid-chunk, with and without momentum and
+decay, for each activation with a second derivative here."""
+from dataclasses import replace
+
+import pytest
+import torch
+
+from miras.ops import recurrent_reference
+from miras.ops.inputs import random_inputs
+from miras.ops.minibatch import chunk as engine
+from miras.ops.minibatch import mlp2
+from miras.space import MirasSpec, get_preset
+from miras.space.algorithm import GD, Momentum
+from miras.space.bias import L2
+from miras.space.memory import MLPMemory
+from miras.space.retention import Decay, NoRetention
+
+from .helpers import assert_same, rel_err, run_both
+
+B = 4
+TITANS = replace(get_preset("titans-lmm").spec, chunk_size=B)
+
+
+def _inputs(spec, T, before=0, dtype=torch.float64):
+    """random inputs of T tokens, from the state `before` tokens into a stream (its tensors grad-requiring leaves)."""
+    q, k, v, gates, state = random_inputs(spec, batch=2, seqlen=T, heads=2, d_k=6, d_v=6, dtype=dtype,
+                                          requires_grad=True)
+    if before:
+        q0, k0, v0, g0, _ = random_inputs(spec, batch=2, seqlen=before, heads=2, d_k=6, d_v=6, dtype=dtype, seed=3)
+        with torch.no_grad():
+            _, state = recurrent_reference(spec, q0, k0, v0, g0, state)
+        for group in (state.A, state.S, state.anchor):
+            for n in list(group or {}):
+                group[n] = group[n].clone().requires_grad_(True)
+    return q, k, v, gates, state
+
+
+def _compare(spec, T, before=0, dtype=torch.float64):
+    return run_both(spec, *_inputs(spec, T, before, dtype))
+
+
+def test_titans_presets_take_this_op_and_others_do_not():
+    for name in ("titans-lmm", "titans-mac", "titans-mag", "titans-mal"):
+        assert mlp2.applies(get_preset(name).spec), name
+    for name in ("ttt-mlp", "moneta", "yaad", "memora", "atlas", "omeganet", "lact", "ttt-linear"):
+        assert not mlp2.applies(get_preset(name).spec), name
+
+
+@pytest.mark.parametrize("T", [0, 1, B - 1, B, B + 1, 3 * B, 17])
+@pytest.mark.parametrize("before", [0, 3])
+def test_equals_the_recurrence_in_float64(T, before):
+    assert_same(_compare(TITANS, T, before))
+
+
+@pytest.mark.parametrize("spec", [
+    MirasSpec(MLPMemory(), L2(), Decay(), GD(), chunk_size=B),                          # no momentum
+    MirasSpec(MLPMemory(), L2(), NoRetention(), Momentum(), chunk_size=B),              # no decay
+    MirasSpec(MLPMemory(activation="silu", residual=False), L2(), Decay(), Momentum(), chunk_size=B),
+    MirasSpec(MLPMemory(activation="tanh", expansion=2), L2(), NoRetention(), GD(), chunk_size=B),
+], ids=["gd-decay", "momentum", "silu-no-residual", "tanh-gd"])
+def test_variants_equal_the_recurrence(spec):
+    assert mlp2.applies(spec)
+    assert_same(_compare(spec, 4 * B + 1, before=2))
+
+
+def test_float32_as_accurate_as_the_recurrence():
+    """In float32 the op is within 3x the float32 recurrence's own error (against float64), and 1e-3 relative."""
+    ref32, fast32 = _compare(TITANS, 19, before=2, dtype=torch.float32)
+    ref64 = _compare(TITANS, 19, before=2)[0]
+    for key in ref64:
+        err = rel_err(fast32[key], ref64[key])
+        assert err <= max(3 * rel_err(ref32[key], ref64[key]), 1e-6) and err < 1e-3, key
+
+
+def test_full_chunks_run_in_the_hand_written_op(monkeypatch):
+    calls = []
+    real = mlp2.MLP2Chunks.apply
+    monkeypatch.setattr(mlp2.MLP2Chunks, "apply", lambda *a: calls.append(a[0].shape) or real(*a))
+    engine.chunk_minibatch(TITANS, *_inputs(TITANS, 3 + 4 * B + 2, before=B - 3))
+    assert [s[1] for s in calls] == [4]                                  # [B H, N = 4 full chunks, n, d]
