@@ -69,13 +69,13 @@ def test_variants_equal_the_recurrence(variant):
 
 
 def test_float32_as_accurate_as_the_recurrence():
-    """In float32 the op is within 3x the float32 recurrence's own error (against float64), and 1e-3 relative."""
+    """In float32 the op is within 3x the float32 recurrence's own error against float64 (or 1e-5), and 1e-3 relative."""
     spec = _spec()
     ref32, fast32 = _compare(spec, 29, before=2, dtype=torch.float32)
     ref64 = _compare(spec, 29, before=2)[0]
     for key in ref64:
         err = rel_err(fast32[key], ref64[key])
-        assert err <= max(3 * rel_err(ref32[key], ref64[key]), 1e-6) and err < 1e-3, key
+        assert err <= max(3 * rel_err(ref32[key], ref64[key]), 1e-5) and err < 1e-3, key
 
 
 def test_full_chunks_run_in_the_hand_written_op(monkeypatch):
