@@ -50,6 +50,11 @@ def _device(text: str) -> str:
     return text
 
 
+def _device_or_auto(text: str) -> str:
+    """auto (cuda when torch sees a GPU, else cpu) or a torch device string (see _device)."""
+    return text if text == "auto" else _device(text)
+
+
 def _presets(args) -> None:
     from .space import get_preset, list_presets
     if args.name:
@@ -84,7 +89,9 @@ def _train(args) -> None:
         from .errors import ConfigError
         raise ConfigError("--resume and --overwrite are invalid together: allowed one of them; fix: --resume to "
                           "continue the run in run.out_dir, --overwrite to replace it with a fresh run")
-    cfg = (load_resume_config if args.resume else load_run_config)(args.config, args.overrides)
+    overrides = [*args.overrides, *([f"run.device={args.device}"] if args.device else []),
+                 *(["run.compile=true"] if args.compile else [])]
+    cfg = (load_resume_config if args.resume else load_run_config)(args.config, overrides)
     try:
         summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     except TrainingError as err:  # the run itself failed (non-finite loss): one paragraph, exit code 1
@@ -100,7 +107,8 @@ def _train(args) -> None:
 
 def _eval(args) -> None:
     from .eval.evaluate import evaluate_run
-    results = evaluate_run(args.run, args.lengths, args.depths, args.needles, args.windows, args.tokenizer)
+    results = evaluate_run(args.run, args.lengths, args.depths, args.needles, args.windows, args.tokenizer,
+                           device=args.device)
     print(json.dumps(results, indent=2))
     print(f"written: {args.run}/eval/results.json and plots")
 
@@ -217,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
                        "run.out_dir, with the run's own config.json (overrides: only steps, time budget, cadences)")
     train.add_argument("--overwrite", action="store_true", help="start a fresh run even if run.out_dir holds one "
                        "(its checkpoints, logs and caches are deleted)")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train: the same as run.device=... "
+                       "(default: the config's run.device, auto: cuda when there is a GPU)")
+    train.add_argument("--compile", action="store_true", help="torch.compile the model, the mini-batch memory ops "
+                       "in segments: the same as run.compile=true (docs/training.md, 'Compiled ops': minutes of "
+                       "compiling first, faster steps after)")
     train.add_argument("overrides", nargs="*", help="e.g. model.preset=moneta optim.steps=500 run.out_dir=runs/x")
     train.set_defaults(fn=_train)
     ev = sub.add_parser("eval", help="evaluate a run folder: perplexity by position + S-NIAH, or MQAR")
@@ -227,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--needles", type=int, default=2, help="needles per (depth, length) cell (default 2)")
     ev.add_argument("--windows", type=int, default=4, help="perplexity windows (default 4)")
     ev.add_argument("--tokenizer", help="tokenizer folder, when the run has none")
+    ev.add_argument("--device", type=_device_or_auto, default="auto",
+                    help="auto (default: cuda when there is a GPU), cpu, cuda, cuda:1, ...")
     ev.set_defaults(fn=_eval)
     lme = sub.add_parser("lm-eval", help="lm-evaluation-harness tasks on a run folder or checkpoint "
                                          '(pip install "miras[lmeval]")')

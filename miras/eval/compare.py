@@ -22,7 +22,7 @@ from ..space import get_preset
 from ..errors import require
 from ..train.config import MAX_LAYERS, DataConfig, OptimConfig, RunConfig, RunOptions
 from ..train.trainer import train
-from .load import load_run
+from .load import load_run, resolve_device
 from ..data.mqar import MQAR
 from .mqar import mqar_accuracy
 from .plots import line_plot
@@ -57,6 +57,7 @@ class CompareConfig:
     out_dir: str = "runs/compare"
     seed: int = 0
     threads: int = 0
+    device: str = "auto"             # auto (cuda when there is a GPU) | cpu | cuda: training and evaluation
 
     def __post_init__(self):
         """Every flag checked, and every preset's RunConfig built (its checks: model size, MQAR sizes, ...), before
@@ -76,6 +77,8 @@ class CompareConfig:
         require(math.isfinite(self.lr) and self.lr > 0, "--lr", self.lr, "a finite number > 0")
         require(math.isfinite(self.minutes) and self.minutes >= 0, "--minutes", self.minutes, ">= 0 (0: no cap)")
         require(self.threads >= 0, "--threads", self.threads, "0 (torch's default) or more")
+        require(self.device in ("auto", "cpu", "cuda"), "--device", self.device, "auto | cpu | cuda")
+        resolve_device(self.device)                    # cuda without a GPU: an error naming --device
         require(len(self.eval_lengths) >= 1 and all(n >= 4 * self.pairs for n in self.eval_lengths), "--eval-lengths",
                 self.eval_lengths, f"lengths >= 4 x --pairs = {4 * self.pairs} (MQAR's pairs and queries)")
         for preset in self.presets:
@@ -122,13 +125,13 @@ def run_config(c: CompareConfig, entry: str) -> RunConfig:
         optim=OptimConfig(lr=c.lr, steps=steps, batch_size=c.batch_size, warmup_steps=min(50, steps // 10)),
         run=RunOptions(out_dir=str(Path(c.out_dir) / label(entry)), seed=c.seed, log_every=max(1, steps // 10),
                        eval_every=steps, save_every=steps, keep_last=1, threads=c.threads,
-                       max_minutes=c.minutes))
+                       max_minutes=c.minutes, device=c.device))
 
 
 @torch.no_grad()
 def state_floats(model, length: int, vocab: int) -> int:
     """Floats of recurrent state (all layers) for one sequence after `length` tokens (grows for attention)."""
-    _, states = model(torch.randint(0, vocab, (1, length)))
+    _, states = model(torch.randint(0, vocab, (1, length)).to(next(model.parameters()).device))
     return sum(t.numel() for t in flatten_tensors(states).values() if t.dim() > 0)
 
 
@@ -153,7 +156,7 @@ def compare(c: CompareConfig) -> list[dict]:
     for entry in c.presets:
         print(f"== {label(entry)}", flush=True)
         summary = train(run_config(c, entry), overwrite=True)   # a rerun replaces its own earlier results
-        model, _, _ = load_run(Path(c.out_dir) / label(entry))
+        model = load_run(Path(c.out_dir) / label(entry))[0].to(resolve_device(c.device))
         rows.append({"preset": label(entry), "params": model.num_parameters(),
                      f"state@{c.seq_len}": state_floats(model, c.seq_len, c.vocab), "steps": summary["steps"],
                      "train_s": round(summary["elapsed_s"], 1), "train_tok_s": round(summary["tokens_per_s"]),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..data import load_documents, open_token_file, split_documents
 from ..errors import require
-from .load import load_run
+from .load import load_run, resolve_device
 from ..data.mqar import MQAR
 from ..data.niah import NeedleTask
 from .mqar import mqar_accuracy
@@ -24,13 +24,16 @@ def check_length(model, length: int) -> None:
 
 
 def evaluate_run(run_dir: str | Path, lengths: list[int], depths: int = 5, needles: int = 2, windows: int = 4,
-                 tokenizer: str | None = None) -> dict:
-    """Evaluates a run folder and writes eval/results.json and PNG plots next to its checkpoints."""
+                 tokenizer: str | None = None, device: str = "auto") -> dict:
+    """Evaluates a run folder and writes eval/results.json and PNG plots next to its checkpoints. device: "auto"
+    (cuda when there is a GPU), "cpu", "cuda", "cuda:1", ..."""
     require(len(lengths) >= 1 and all(isinstance(n, int) and n >= 2 for n in lengths), "lengths", lengths,
             "context lengths >= 2 tokens", "e.g. --lengths 1024,2048")
     for name, value in (("depths", depths), ("needles", needles), ("windows", windows)):
         require(isinstance(value, int) and value >= 1, name, value, "an integer >= 1", f"e.g. --{name} 2")
+    where = resolve_device(device)
     model, tok, config = load_run(run_dir, tokenizer)
+    model = model.to(where)
     for length in lengths:
         check_length(model, length)
     data = config["data"]

@@ -5,10 +5,29 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from ..data import load_tokenizer
 from ..models import MirasConfig, MirasLM
-from ..errors import ConfigError
+from ..errors import ConfigError, require
 from ..train.checkpoint import load_checkpoint, load_newest
+
+
+def resolve_device(name: str = "auto", flag: str = "--device") -> torch.device:
+    """"auto" (cuda when torch sees a GPU, else cpu) or a torch device string (cpu, cuda, cuda:1, ...); a GPU
+    device on a machine without one is a ConfigError naming `flag`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"{flag}={name!r} is invalid: allowed auto or a torch device such as cpu, cuda, cuda:1; "
+                          "fix: e.g. --device cpu") from None
+    require(device.type != "cuda" or torch.cuda.is_available(), flag, name,
+            f"auto | cpu here (torch {torch.__version__} sees no GPU)", "--device auto or --device cpu")
+    require(device.type != "cuda" or (device.index or 0) < torch.cuda.device_count(), flag, name,
+            f"cuda:0 to cuda:{torch.cuda.device_count() - 1} (the GPUs torch sees)" if device.type == "cuda" else "")
+    return device
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:

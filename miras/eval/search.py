@@ -235,6 +235,7 @@ def decode_tok_s(model, length: int, vocab: int, steps: int = 32, warmup: int = 
     timed loop)."""
     from ..bench.decode import decode
     ids = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(next(model.parameters()).device)
     _, states = model(ids)
     return steps / sum(decode(model, states, ids[:, -1:], steps, warmup))
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.ssd import ssd
+from ..ops.step import ssd_step
 from ..errors import require
 from .conv import ShortConv
 
@@ -82,7 +83,11 @@ class Mamba2(nn.Module):
         dtype = torch.promote_types(x.dtype, torch.float32)
         dt = F.softplus(dt.to(dtype) + self.dt_bias.to(dtype))                      # [B, T, nheads]
         A = -self.A_log.to(dtype).exp()                                             # [nheads]
-        y, ssm_state = ssd(xs.unflatten(-1, (self.nheads, self.headdim)), dt, A, B.unflatten(-1, (G, N)),
-                           C.unflatten(-1, (G, N)), chunk_size=max(1, min(self.chunk_size, T)), D=self.D,
-                           initial_states=None if state is None else state.ssm, return_final_states=True)
+        args = (xs.unflatten(-1, (self.nheads, self.headdim)), dt, A, B.unflatten(-1, (G, N)), C.unflatten(-1, (G, N)))
+        h0 = None if state is None else state.ssm
+        if T == 1:                                          # decoding: the recurrence's step, no chunk machinery
+            y, ssm_state = ssd_step(*args, D=self.D, initial_states=h0)
+        else:
+            y, ssm_state = ssd(*args, chunk_size=max(1, min(self.chunk_size, T)), D=self.D, initial_states=h0,
+                               return_final_states=True)
         return self.out_proj(self.norm(y.flatten(2), z)), Mamba2State(conv_state, ssm_state)

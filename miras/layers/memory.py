@@ -86,11 +86,14 @@ class MemoryLayer(nn.Module):
     Polynomial features (memory.features="poly", ATLAS): the normalized q and k are lifted by `poly_features` with the
     layer's learnable coefficients `poly_scale` c [degree + 1] (kernel coefficients a_i = c_i^2, 1 / i! at init, no
     weight decay), so the op's keys and W0 have feature_dim(memory, head_dim) entries.
+    compile: run the memory op through torch.compile in fixed-length segments (`memory_op(compile=True)`: the same
+    result; opt-in, docs/training.md "Compiled ops"); an attribute, so it can be switched on a built model.
     """
 
     def __init__(self, spec: MirasSpec, d_model: int, heads: int, head_dim: int | None = None, gate_rank: int = 32,
                  conv_kernel: int = 4, lr_max: float | None = None, beta_max: float = 0.999, mode: str = "auto",
-                 checkpoint_chunks: int = 0, persistent_tokens: int = 0, ttt_base_lr: float | None = None):
+                 checkpoint_chunks: int = 0, persistent_tokens: int = 0, ttt_base_lr: float | None = None,
+                 compile: bool = False):
         super().__init__()
         require(heads >= 1, "heads", heads, ">= 1")
         require(isinstance(persistent_tokens, int) and persistent_tokens >= 0, "persistent_tokens",
@@ -99,6 +102,7 @@ class MemoryLayer(nn.Module):
                 f"a divisor of d_model={d_model} (or pass head_dim)", "pick heads so that d_model % heads == 0")
         require(gate_rank >= 1, "gate_rank", gate_rank, ">= 1", "the papers use 32-64")
         self.spec, self.heads, self.mode, self.checkpoint_chunks = spec, heads, mode, checkpoint_chunks
+        self.compile = compile                # memory_op(compile=...): the op through torch.compile (ops/compiled.py)
         self.head_dim = hd = head_dim or d_model // heads
         inner = heads * hd
         require(ttt_base_lr is None or (ttt_base_lr > 0 and lr_max is None), "ttt_base_lr", ttt_base_lr,
@@ -190,7 +194,7 @@ class MemoryLayer(nn.Module):
             q, k = poly_features(q, self.poly_scale), poly_features(k, self.poly_scale)
         mem = state.memory if state is not None else self.initial_state(B)
         y, mem = memory_op(self.spec, q, k, v, self.gate_values(x), mem, self.mode, self.checkpoint_chunks,
-                           token_offsets=self.token_offsets)
+                           token_offsets=self.token_offsets, compile=self.compile)
         y = y[:, n - 1::n] if n > 1 else y                  # read after each token's last sub-step
         y = self.out_norm(y.to(x.dtype)).reshape(B, T, -1) * F.silu(self.out_gate(x))
         return self.out_proj(y), MemoryLayerState(mem, new_conv)

@@ -7,6 +7,7 @@ outputs. With the GPT-2 style N(0, 0.02) embedding, attention and Mamba-2 sat at
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -87,7 +88,7 @@ class MirasLM(nn.Module):
                 states = RowGroups.whole(input_ids.shape[0], states, input_ids.device)
             return grouped_forward(self, input_ids, attention_mask, states)
         if input_ids.numel():
-            lo, hi = int(input_ids.min()), int(input_ids.max())
+            lo, hi = torch.stack([input_ids.min(), input_ids.max()]).cpu().tolist()   # (one device sync)
             require(lo >= 0 and hi < self.config.vocab_size, "input_ids", f"range [{lo}, {hi}]",
                     f"ids in [0, {self.config.vocab_size})", "check the tokenizer matches the model's vocab_size")
         states = states or [None] * len(self.blocks)

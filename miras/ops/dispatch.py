@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -14,12 +15,14 @@ from torch import Tensor
 from ..space import MirasSpec, bias
 from ..space import algorithm as algorithms
 from ..errors import require
+from .amp import without_autocast
 from .attention import causal_attention
 from .delta import chunk_gated_delta_rule, chunk_kda
 from .documents import check_resets, run_documents
 from .minibatch import chunk_minibatch
 from .reference import recurrent_reference
 from .ssd import chunk_gla
+from .step import memory_step
 from .state import MemoryState, RaggedState, check_inputs, check_tensors, check_token_offsets, initial_state
 
 MODES = ("auto", "reference", "chunked")
@@ -75,10 +78,11 @@ def first_nonfinite_token(*xs: Tensor) -> int | None:
     return min(firsts) if firsts else None
 
 
+@without_autocast     # the ops compute in >= float32 whatever autocast says (amp.py)
 def memory_op(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor] | None = None,
               state: MemoryState | None = None, mode: str = "auto", checkpoint_chunks: int = 0,
               resets: Tensor | None = None, W0: dict[str, Tensor] | None = None,
-              token_offsets: Tensor | None = None) -> tuple[Tensor, MemoryState]:
+              token_offsets: Tensor | None = None, compile: bool = False) -> tuple[Tensor, MemoryState]:
     """q, k: [B, T, H, d_k]; v: [B, T, H, d_v]; gates: spec.gates -> [B, T, H]; state: MemoryState
     (None: zeros, for matrix memories and attention). Returns (y [B, T, H, d_v], final state), equal to
     `recurrent_reference` with the same arguments whatever the mode.
@@ -96,19 +100,23 @@ def memory_op(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[str,
     last token (rows of the mini-batch engine must then end at the same offset of their chunk grids).
 
     token_offsets: TTT's learned offsets [chunk_size] of the token weights, for GD(token_weights=True) (None: zeros,
-    TTT's 1/i; see space/algorithm.py)."""
+    TTT's 1/i; see space/algorithm.py).
+
+    compile: run the chunked op through torch.compile in fixed-length segments (compiled.py; the same result,
+    opt-in: docs/training.md, "Compiled ops")."""
     checking = os.environ.get(CHECK_FINITE_ENV) == "1"
     if checking:
         check_finite("memory_op input", {"q": q, "k": k, "v": v, **(gates or {}),
                                          **(state.tensors() if state is not None else {})},
                      per_token=("q", "k", "v", *(gates or {})))
-    y, final = _memory_op(spec, q, k, v, gates, state, mode, checkpoint_chunks, resets, W0, token_offsets)
+    y, final = _memory_op(spec, q, k, v, gates, state, mode, checkpoint_chunks, resets, W0, token_offsets, compile)
     if checking:
         check_finite("memory_op output", {"y": y, **final.tensors()}, per_token=("y",))
     return y, final
 
 
-def _memory_op(spec, q, k, v, gates, state, mode, checkpoint_chunks, resets=None, W0=None, token_offsets=None):
+def _memory_op(spec, q, k, v, gates, state, mode, checkpoint_chunks, resets=None, W0=None, token_offsets=None,
+               compile=False):
     require(mode in MODES, "mode", mode, f"one of {MODES}", "'auto' picks the fastest exact path")
     gates = gates or {}
     if isinstance(state, RaggedState):                 # rows at different points of their grids: one call per part
@@ -117,7 +125,7 @@ def _memory_op(spec, q, k, v, gates, state, mode, checkpoint_chunks, resets=None
             r = rows.to(q.device)
             y_part, final = _memory_op(spec, q[r], k[r], v[r], {n: g[r] for n, g in gates.items()}, part, mode,
                                        checkpoint_chunks, None if resets is None else resets[rows.to(resets.device)], W0,
-                                       token_offsets)
+                                       token_offsets, compile)
             y = y_part.new_empty(q.shape[0], *y_part.shape[1:]) if y is None else y
             y = y.index_copy(0, r, y_part)
             finals.append((rows, final))
@@ -142,23 +150,27 @@ def _memory_op(spec, q, k, v, gates, state, mode, checkpoint_chunks, resets=None
                 sub_state = initial_state(spec, inputs[0].shape[0], W0, heads=H, d_k=d_k, d_v=v.shape[-1],
                                           dtype=q.dtype, device=q.device)
             y, final = _split_nonfinite(op, spec, *inputs[:3], dict(zip(names, inputs[3:])), sub_state,
-                                        checkpoint_chunks, token_offsets)
+                                        checkpoint_chunks, token_offsets, compile)
             return [y], final
         (y,), finals = run_documents(run, [q, k, v, *gates.values()], resets, state, lambda s, rows: s.rows(rows))
         return y, MemoryState.stack_rows(finals)
     if state is None and W0 is not None:
         state = initial_state(spec, B, W0)
-    return _split_nonfinite(op, spec, q, k, v, gates, state, checkpoint_chunks, token_offsets)
+    return _split_nonfinite(op, spec, q, k, v, gates, state, checkpoint_chunks, token_offsets, compile)
 
 
-def _split_nonfinite(op, spec, q, k, v, gates, state, checkpoint_chunks, token_offsets=None):
-    t = first_nonfinite_token(q, k, v)
+def _split_nonfinite(op, spec, q, k, v, gates, state, checkpoint_chunks, token_offsets=None, compile=False):
+    run = _run
+    if compile:
+        from .compiled import segmented_run         # (imported when asked for: it imports torch._dynamo, a second)
+        run = functools.partial(segmented_run, _run)
+    t = first_nonfinite_token(q, k, v) if q.shape[1] > 1 else None     # (one token has nothing before it to spoil)
     if t:                                 # exact and finite up to t, whatever the op's chunking
         before, after = ({n: g[:, s] for n, g in gates.items()} for s in (slice(0, t), slice(t, None)))
-        y0, state = _run(op, spec, q[:, :t], k[:, :t], v[:, :t], before, state, checkpoint_chunks, token_offsets)
-        y1, final = _run(op, spec, q[:, t:], k[:, t:], v[:, t:], after, state, checkpoint_chunks, token_offsets)
+        y0, state = run(op, spec, q[:, :t], k[:, :t], v[:, :t], before, state, checkpoint_chunks, token_offsets)
+        y1, final = run(op, spec, q[:, t:], k[:, t:], v[:, t:], after, state, checkpoint_chunks, token_offsets)
         return torch.cat([y0, y1], dim=1), final
-    return _run(op, spec, q, k, v, gates, state, checkpoint_chunks, token_offsets)
+    return run(op, spec, q, k, v, gates, state, checkpoint_chunks, token_offsets)
 
 
 def _run(op, spec, q, k, v, gates, state, checkpoint_chunks, token_offsets=None):
@@ -169,6 +181,8 @@ def _run(op, spec, q, k, v, gates, state, checkpoint_chunks, token_offsets=None)
         state = initial_state(spec, B, heads=H, d_k=d_k, d_v=v.shape[-1], dtype=q.dtype, device=q.device)
     if op == "attention":
         return causal_attention(q, k, v, state)
+    if T <= getattr(spec.algorithm, "steps", 1):     # one token (DeltaProduct: its n_h sub-steps): step.py's update
+        return memory_step(op, spec, q, k, v, gates, state, token_offsets)
     if op == "minibatch":
         return chunk_minibatch(spec, q, k, v, gates, state, checkpoint_chunks, token_offsets)
     S0 = state.A["W1"].transpose(-1, -2)                                   # miras W [d_v, d_k] -> fla S [K, V]

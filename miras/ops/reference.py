@@ -19,11 +19,13 @@ Per head (docs/design-space.md), with A_s the accumulator at the start of t's ch
 Exact delta rule: W_t = alpha_t W_{t-1} (I - eta_t k_t k_t^T) + eta_t v_t k_t^T, y_t = W_t q_t; with a per-channel
 log_alpha [B, T, H, d_k] (KDA) alpha_t W_{t-1} is W_{t-1} Diag(alpha_t) (the decay scales W's key columns).
 Attention: y_t = softmax(q_t K_{<=t}^T / sqrt(d_k)) V_{<=t}.
-Short and slow on purpose: a Python loop over tokens, float64-capable, differentiable throughout.
+Short and slow on purpose: a Python loop over tokens, float64-capable, differentiable throughout. One token of the
+online-GD loop is `online_gd_token` (decoding's one-token step, ops/step.py, runs the same function).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -31,8 +33,8 @@ from torch import Tensor
 from ..space import MirasSpec
 from ..space import algorithm as algorithms
 from ..space.retention import uses_frame
-from .state import (MemoryState, check_inputs, check_token_offsets, close_chunk, empty_window, initial_state,
-                    open_chunk_start, window_size)
+from .state import (MemoryState, carries_start, check_inputs, check_token_offsets, close_chunk, empty_window,
+                    initial_state, open_chunk_start, window_size)
 
 
 def recurrent_reference(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor] | None = None,
@@ -63,68 +65,107 @@ def recurrent_reference(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates:
 
 
 def _online_gd(spec, q, k, v, gates, state, token_offsets=None):
-    memory, bias, retention = spec.memory, spec.bias, spec.retention
-    A = {n: a.to(q.dtype) for n, a in state.A.items()}
-    S = None if state.S is None else {n: s.to(q.dtype) for n, s in state.S.items()}
-    anchor, offset, framed = state.anchor, state.offset, uses_frame(retention)
-    weighted = getattr(spec.algorithm, "weighted", False)                # TTT's token weights, LaCT's chunk-start reads
-    muon = isinstance(spec.algorithm, algorithms.Muon)
-    start = open_chunk_start(spec, state, q.dtype)
-    frame = retention.frame(start, anchor) if framed and offset else None
-    windowed = window_size(spec) > 0                                     # the Omega bias: c - 1 earlier tokens
-    if windowed:
-        B, _, H, d_k = k.shape
-        window = state.window or empty_window(spec, B, H, d_k, v.shape[-1], q.dtype, q.device)
-        window = {n: w.to(q.dtype) for n, w in window.items()}
-    ys = []
-    for t in range(k.shape[1]):
-        if offset == 0:
-            anchor = retention.boundary(A)
-            if framed or weighted:
-                start = A
-            if framed:
-                frame = retention.frame(A, anchor)
-        k_t, v_t, q_t = (x[:, t].unsqueeze(2) for x in (k, v, q))          # [B, H, 1, d]
-        own = {n: gates[n][:, t].unsqueeze(2) for n in bias.gates}       # the bias' gates, [B, H, 1(, d_v)]
-        if windowed:                                                     # the loss of the last c tokens, t's last
-            now = {"k": k_t, "v": v_t, "gamma": own["gamma"]}
-            keys, values, gamma = (torch.cat([window[n], now[n]], dim=2) for n in ("k", "v", "gamma"))  # [B, H, c(, d)]
-            window = {"k": keys[:, :, 1:], "v": values[:, :, 1:], "gamma": gamma[:, :, 1:]}
-            k_t, v_t, own = keys, values, {"gamma": gamma}
-        dpred = bias.grad(memory(anchor, k_t), v_t, own)
-        if spec.per_channel("lr"):                                       # channel-wise eta: J^T (eta * dl/dpred)
-            dpred, eta = gates["lr"][:, t].unsqueeze(2) * dpred, 1.0
-        else:
-            eta = gates["lr"][:, t, :, None, None]
-        g = {n: gt.sum(2) for n, gt in memory.grads(anchor, k_t, dpred).items()}     # (summed over the window)
-        if S is None:
-            step = {n: -eta * g[n] for n in A}
-        elif muon:                                                       # ATLAS: eta_t NS_k(beta_t S_{t-1} - g_t)
-            S = {n: gates["beta"][:, t, :, None, None] * S[n] - g[n] for n in A}
-            step = {n: eta * u for n, u in spec.algorithm.orthogonalize(S).items()}
-        else:
-            beta = gates["beta"][:, t, :, None, None]
-            S = step = {n: beta * S[n] - eta * g[n] for n in A}
-        if "log_alpha" in gates:
-            la = gates["log_alpha"][:, t]
-            alpha = torch.exp(la)[:, :, None, :] if la.dim() == 3 else torch.exp(la)[:, :, None, None]
-            A = {n: alpha * A[n] + step[n] for n in A}
-        else:
-            A = {n: A[n] + step[n] for n in A}
-        if weighted:
-            tau = spec.algorithm.read_weights(token_offsets, offset, 1, q.dtype, q.device)
-        offset = (offset + 1) % spec.chunk_size
-        if weighted:
-            W = {n: start[n] + tau * (A[n] - start[n]) for n in A}
-            if not offset:
-                A = close_chunk(spec, start, A, spec.algorithm.end_weight(token_offsets, spec.chunk_size, q.dtype,
-                                                                          q.device))
-        else:
-            W = {n: frame[n](A[n]) for n in A} if framed and offset else retention.boundary(A)
-        ys.append(memory(W, q_t).squeeze(2))
+    run = OnlineGD.open(spec, state, k, v)
+    ys = [online_gd_token(spec, run, *(x[:, t].unsqueeze(2) for x in (q, k, v)),     # [B, H, 1, d]
+                          {n: g[:, t] for n, g in gates.items()}, token_offsets) for t in range(k.shape[1])]
     y = torch.stack(ys, dim=1) if ys else v.new_zeros(v.shape)
-    return y, MemoryState(A, S, anchor if offset else None, offset, start if (framed or weighted) and offset else None,
-                          window if windowed else None)
+    return y, run.close(spec)
+
+
+@dataclass
+class OnlineGD:
+    """The online-GD recurrence between two tokens, in the compute dtype: the accumulator A, the momentum S, the
+    open chunk's anchor, offset and start accumulator (MemoryState's), its in-chunk read maps `frame` (framed
+    retentions: retention.frame(start, anchor)) and the Omega bias' window."""
+
+    A: dict[str, Tensor]
+    S: dict[str, Tensor] | None
+    anchor: dict[str, Tensor] | None
+    offset: int
+    start: dict[str, Tensor] | None
+    frame: dict | None
+    window: dict[str, Tensor] | None
+
+    @staticmethod
+    def open(spec: MirasSpec, state: MemoryState, k: Tensor, v: Tensor) -> "OnlineGD":
+        """The recurrence at `state` (which a previous call may have left inside a chunk) for a call with inputs k
+        [B, T, H, d_k], v [B, T, H, d_v] in the compute dtype (the state's tensors are cast to it)."""
+        dtype = k.dtype
+        A = {n: a.to(dtype) for n, a in state.A.items()}
+        S = None if state.S is None else {n: s.to(dtype) for n, s in state.S.items()}
+        start = open_chunk_start(spec, state, dtype)
+        frame = spec.retention.frame(start, state.anchor) if uses_frame(spec.retention) and state.offset else None
+        window = None
+        if window_size(spec) > 0:                                        # the Omega bias: c - 1 earlier tokens
+            B, _, H, d_k = k.shape
+            window = state.window or empty_window(spec, B, H, d_k, v.shape[-1], dtype, k.device)
+            window = {n: w.to(dtype) for n, w in window.items()}
+        return OnlineGD(A, S, state.anchor, state.offset, start, frame, window)
+
+    def close(self, spec: MirasSpec) -> MemoryState:
+        """The MemoryState after the last token (the anchor, and the start where the spec reads one, only inside a
+        chunk)."""
+        inside = self.offset != 0
+        return MemoryState(self.A, self.S, self.anchor if inside else None, self.offset,
+                           self.start if inside and carries_start(spec) else None, self.window)
+
+
+def online_gd_token(spec: MirasSpec, run: OnlineGD, q_t: Tensor, k_t: Tensor, v_t: Tensor, gates_t: dict[str, Tensor],
+                    token_offsets: Tensor | None = None) -> Tensor:
+    """One token of the online-GD recurrence (the module docstring's equations): q_t, k_t [B, H, 1, d_k],
+    v_t [B, H, 1, d_v], gates_t: name -> the token's gate [B, H] ([B, H, d] per channel). Moves `run` to after the
+    token and returns y_t [B, H, d_v]."""
+    memory, bias, retention = spec.memory, spec.bias, spec.retention
+    framed, weighted = uses_frame(retention), getattr(spec.algorithm, "weighted", False)  # (TTT, LaCT: weighted)
+    A, S = run.A, run.S
+    if run.offset == 0:                                                  # a chunk starts: anchor = boundary(A_s)
+        run.anchor = retention.boundary(A)
+        if framed or weighted:
+            run.start = A
+        if framed:
+            run.frame = retention.frame(A, run.anchor)
+    own = {n: gates_t[n].unsqueeze(2) for n in bias.gates}                # the bias' gates, [B, H, 1(, d_v)]
+    if run.window is not None:                                           # the loss of the last c tokens, t's last
+        now = {"k": k_t, "v": v_t, "gamma": own["gamma"]}
+        keys, values, gamma = (torch.cat([run.window[n], now[n]], dim=2) for n in ("k", "v", "gamma"))  # [B, H, c(, d)]
+        run.window = {"k": keys[:, :, 1:], "v": values[:, :, 1:], "gamma": gamma[:, :, 1:]}
+        k_t, v_t, own = keys, values, {"gamma": gamma}
+    muon = isinstance(spec.algorithm, algorithms.Muon)                   # (Muon has no channel-wise eta)
+    lr = gates_t["lr"]
+    eta = lr.unsqueeze(2) if spec.per_channel("lr") else lr[:, :, None, None]     # [B, H, 1, d_v or 1]
+
+    def dpred(pred):                # dl/dpred times -eta_t (channel-wise eta: per output channel), Muon's unscaled
+        d = bias.grad(pred, v_t, own)
+        return d if muon else -eta * d
+    # sum over the loss' tokens of outer(delta, input) = delta^T input (memory.backward_factors' rank-1 factors):
+    # u = J^T (-eta_t dl/dpred) = -eta_t g_t (Muon: g_t)
+    u = {n: d.transpose(-1, -2) @ a for n, (d, a) in memory.backward_factors(run.anchor, k_t, dpred).items()}
+    if S is None:
+        step = u
+    elif muon:                                                           # ATLAS: eta_t NS_k(beta_t S_{t-1} - g_t)
+        S = {n: gates_t["beta"][:, :, None, None] * S[n] - u[n] for n in A}
+        step = {n: eta * x for n, x in spec.algorithm.orthogonalize(S).items()}
+    else:                                                                # beta_t S_{t-1} - eta_t g_t
+        beta = gates_t["beta"][:, :, None, None]
+        S = step = {n: beta * S[n] + u[n] for n in A}
+    if "log_alpha" in gates_t:
+        la = gates_t["log_alpha"]
+        alpha = torch.exp(la)[:, :, None, :] if la.dim() == 3 else torch.exp(la)[:, :, None, None]
+        A = {n: alpha * A[n] + step[n] for n in A}
+    else:
+        A = {n: A[n] + step[n] for n in A}
+    if weighted:
+        tau = spec.algorithm.read_weights(token_offsets, run.offset, 1, q_t.dtype, q_t.device)
+    run.offset = (run.offset + 1) % spec.chunk_size
+    if weighted:
+        W = {n: run.start[n] + tau * (A[n] - run.start[n]) for n in A}
+        if not run.offset:
+            A = close_chunk(spec, run.start, A, spec.algorithm.end_weight(token_offsets, spec.chunk_size, q_t.dtype,
+                                                                          q_t.device))
+    else:
+        W = {n: run.frame[n](A[n]) for n in A} if framed and run.offset else retention.boundary(A)
+    run.A, run.S = A, S
+    return memory(W, q_t).squeeze(2)
 
 
 def _delta_rule(spec, q, k, v, gates, state):

@@ -39,10 +39,8 @@ def activation(name: str, z: Tensor) -> Tensor:
 
 def activation_grad(name: str, z: Tensor) -> Tensor:
     """d act(z) / dz, elementwise."""
-    if name == "gelu":  # exact (erf) GELU: Phi(z) + z phi(z)
-        cdf = 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))
-        pdf = torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
-        return cdf + z * pdf
+    if name == "gelu":  # exact (erf) GELU: Phi(z) + z phi(z), as torch's own kernel (differentiable: its double backward)
+        return torch.ops.aten.gelu_backward(torch.ones_like(z), z)
     if name == "silu":
         s = torch.sigmoid(z)
         return s * (1.0 + z * (1.0 - s))
@@ -261,11 +259,14 @@ def poly_scale_init(degree: int, dtype: torch.dtype = torch.float32) -> Tensor:
 
 
 @lru_cache(maxsize=None)
-def _monomials(d: int, i: int) -> tuple[Tensor, Tensor]:
-    """The degree-i monomials of d variables as sorted index tuples [m, i], and sqrt(i! / prod(multiplicity!))."""
+def _monomials(d: int, i: int, device: torch.device | None = None, dtype: torch.dtype = torch.float64
+               ) -> tuple[Tensor, Tensor]:
+    """The degree-i monomials of d variables as sorted index tuples [m, i], and sqrt(i! / prod(multiplicity!)) in
+    dtype, on `device` (cached per device and dtype: no host-to-device copy per call)."""
     index = list(itertools.combinations_with_replacement(range(d), i))
     weight = [math.sqrt(math.factorial(i) / math.prod(math.factorial(m.count(j)) for j in set(m))) for m in index]
-    return torch.tensor(index, dtype=torch.long).view(len(index), i), torch.tensor(weight, dtype=torch.float64)
+    return (torch.tensor(index, dtype=torch.long, device=device).view(len(index), i),
+            torch.tensor(weight, dtype=dtype, device=device))
 
 
 def poly_features(x: Tensor, scale: Tensor) -> Tensor:
@@ -280,8 +281,8 @@ def poly_features(x: Tensor, scale: Tensor) -> Tensor:
     scale = scale.to(x.dtype)
     out = [scale[0] * x.new_ones(*x.shape[:-1], 1)]
     for i in range(1, len(scale)):
-        index, weight = _monomials(x.shape[-1], i)
-        out.append(scale[i] * weight.to(x) * x[..., index.to(x.device)].prod(-1))
+        index, weight = _monomials(x.shape[-1], i, x.device, x.dtype)
+        out.append(scale[i] * weight * x[..., index].prod(-1))
     return torch.cat(out, dim=-1)
 
 

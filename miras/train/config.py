@@ -62,7 +62,7 @@ class RunOptions:
     threads: int = 0                  # 0: leave torch's default
     device: str = "auto"              # auto | cpu | cuda
     amp: str = "bf16"                 # bf16 | fp16 | none (GPU only; CPU runs fp32)
-    compile: bool = False
+    compile: bool = False             # torch.compile the model, the mini-batch memory ops in segments (ops/compiled.py)
     fsdp: bool = False
     on_nan: str = "stop"              # stop | skip
     max_minutes: float = 10.0         # wall-clock budget (0: none)
@@ -355,11 +355,11 @@ def load_run_config(path: str | None = None, overrides: list[str] | None = None)
     return RunConfig.from_dict(apply_overrides(data, overrides or []))
 
 
-# What --resume may change: how long the run goes on, how often it logs, evaluates and saves, and what a non-finite
-# loss does (stop, or skip the step). Anything else
+# What --resume may change: how long the run goes on, how often it logs, evaluates and saves, what a non-finite
+# loss does (stop, or skip the step), and whether it compiles (the same function, up to rounding). Anything else
 # (model, data, optimizer, seed, device, ...) would make the resumed run a different run than its checkpoints.
 RESUMABLE = ("optim.steps", "run.max_minutes", "run.log_every", "run.eval_every", "run.save_every", "run.keep_last",
-             "run.threads", "run.tensorboard", "run.on_nan", "run.max_params")
+             "run.threads", "run.tensorboard", "run.on_nan", "run.max_params", "run.compile")
 
 
 def saved_run_config(run_dir: str | Path) -> dict:

@@ -83,11 +83,12 @@ def wrap_model(model: torch.nn.Module, cfg: RunConfig, d: Dist, device: torch.de
     return model
 
 
-def agree(flag: bool, d: Dist) -> bool:
-    """Rank 0's decision, on every rank (so that all ranks stop at the same step)."""
+def agree(flag: bool, d: Dist, device: torch.device | None = None) -> bool:
+    """Rank 0's decision, on every rank (so that all ranks stop at the same step). device: the training device (NCCL
+    broadcasts only CUDA tensors)."""
     if d.world == 1:
         return flag
-    t = torch.tensor(float(flag))
+    t = torch.tensor(float(flag), device=device)
     dist.broadcast(t, 0)
     return bool(t.item())
 
@@ -231,11 +232,11 @@ def restore_run_dir(run_dir: Path, aside: Path | None) -> None:
 @torch.no_grad()
 def rank_param_divergence(model: torch.nn.Module) -> float:
     """max |p - p on rank 0| over every parameter and rank (0.0 when data parallelism kept them equal)."""
-    worst = torch.zeros(())
+    worst = torch.zeros((), device=next(model.parameters()).device)    # (NCCL reduces only CUDA tensors)
     for p in model.parameters():
         ref = p.detach().clone()
         dist.broadcast(ref, 0)
-        worst = torch.maximum(worst, (p.detach() - ref).abs().max().cpu())
+        worst = torch.maximum(worst, (p.detach() - ref).abs().max().to(worst))
     dist.all_reduce(worst, op=dist.ReduceOp.MAX)
     return worst.item()
 
@@ -345,9 +346,11 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
             inputs, labels = data.train.batch(step * o.grad_accum + micro)
             sync = micro == o.grad_accum - 1 or d.world == 1 or cfg.run.fsdp
             try:
-                with autocast, (nullcontext() if sync else wrapped.no_sync()):
-                    logits = step_fn(inputs.to(device), resets=_on(data.resets(inputs), device))[0]
-                    loss = cross_entropy(logits, labels.to(device))
+                with nullcontext() if sync else wrapped.no_sync():
+                    with autocast:
+                        logits = step_fn(inputs.to(device), resets=_on(data.resets(inputs), device))[0]
+                        loss = cross_entropy(logits, labels.to(device))
+                    # outside autocast (PyTorch's advice): backward runs in the dtypes forward chose (ops/amp.py)
                     scaler.scale(loss / o.grad_accum).backward()
             except ConfigError as err:      # e.g. a gate-range check tripped by NaN weights: a non-finite model
                 if _finite(model):
@@ -381,7 +384,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
         last = {"kind": "train", "step": step, "loss": loss_sum.item(), "lr": optimizer.param_groups[0]["lr"],
                 "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_step * (step - start_step) / elapsed,
                 "elapsed_s": elapsed, "skipped": skipped}
-        out_of_time = agree(bool(cfg.run.max_minutes and elapsed > 60 * cfg.run.max_minutes), d)
+        out_of_time = agree(bool(cfg.run.max_minutes and elapsed > 60 * cfg.run.max_minutes), d, device)
         if d.main and (step % cfg.run.log_every == 0 or step == o.steps or out_of_time):
             eta = (o.steps - step) * elapsed / (step - start_step)
             print(f"step {step}/{o.steps}  loss {last['loss']:.4f}  lr {last['lr']:.2e}  "

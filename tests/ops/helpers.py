@@ -40,8 +40,10 @@ def assert_engine_equals_reference(spec, seqlen: int, tol: float = 1e-9, **input
 
 
 
-def run_both(spec, q, k, v, gates, state, grads: bool = True, extra: dict | None = None, **kwargs) -> list[dict]:
-    """The recurrent reference and the mini-batch engine on the same inputs (kwargs: e.g. token_offsets), each as a
+def run_both(spec, q, k, v, gates, state, grads: bool = True, extra: dict | None = None, fast=None,
+             **kwargs) -> list[dict]:
+    """The recurrent reference and the mini-batch engine (or `fast`, a function with chunk_minibatch's arguments) on
+    the same inputs (kwargs: e.g. token_offsets), each as a
     dict: "y", the final state's tensors, "offset" (a float64 scalar tensor) and, with grads, "d<name>": the gradients of a random projection
     of y and of the final state with respect to q, k, v, every gate, every start tensor and the `extra` leaves
     (name -> tensor; zeros where a leaf is unused). The projections are drawn in float64 whatever the dtype."""
@@ -51,7 +53,7 @@ def run_both(spec, q, k, v, gates, state, grads: bool = True, extra: dict | None
     from miras.ops.minibatch import chunk_minibatch
     leaves = {"q": q, "k": k, "v": v, **{f"gates.{n}": g for n, g in gates.items()}, **state.tensors(), **(extra or {})}
     out = []
-    for fn in (recurrent_reference, chunk_minibatch):
+    for fn in (recurrent_reference, fast or chunk_minibatch):
         y, final = fn(spec, q, k, v, gates, state, **kwargs)
         res = {"y": y, **final.tensors()}
         if grads:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...errors import require
+from ..amp import without_autocast
 from ..state import check_tensors
 from .chunk import _check
 
@@ -39,6 +40,7 @@ def _segsum(x: Tensor) -> Tensor:
     return out.masked_fill(~lower, float("-inf"))
 
 
+@without_autocast
 def chunk_kda(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor | None = None, scale: float | None = None,
               initial_state: Tensor | None = None, output_final_state: bool = False,
               chunk_size: int = 16) -> tuple[Tensor, Tensor | None]:

@@ -15,10 +15,12 @@ import torch
 from torch import Tensor
 
 from ...errors import require
+from ..amp import without_autocast
 from ..state import check_tensors
 from .fused import fused_gated_delta_rule
 
 
+@without_autocast
 def chunk_gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None, beta: Tensor | None = None,
                            scale: float | None = None, initial_state: Tensor | None = None,
                            output_final_state: bool = False, chunk_size: int = 64) -> tuple[Tensor, Tensor | None]:

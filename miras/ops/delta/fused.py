@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..amp import without_autocast
 from ..blocks import chunk_blocks, cumulative_log_decays, decay_matrix, read_chunks, scaled_bmm, write_chunks
 
 
@@ -121,6 +122,7 @@ class _FusedGatedDeltaRule(torch.autograd.Function):
         return o[:, :T], states[-1].view(B, H, K, V).clone()
 
     @staticmethod
+    @without_autocast
     def backward(ctx, do, dS):
         q, k, v, gc, floored, bt, states, inverses, corrections = ctx.saved_tensors
         scale, C, dtype, dtypes = ctx.meta

@@ -29,6 +29,7 @@ from ...space import MirasSpec
 from ...space.algorithm import GD
 from ...space.bias import L2
 from ...space.memory import MLPMemory
+from ..amp import without_autocast
 from ..state import MemoryState
 
 
@@ -68,10 +69,10 @@ class LinearLNChunks(torch.autograd.Function):
         shape = W.shape
         K, Q, V, eta, W = (x.flatten(0, 1) for x in (K, Q, V, eta, W))                 # [P, N, n, d], [P, d, d]
         g, b = g.flatten(0, 1)[:, None, None], b.flatten(0, 1)[:, None, None]       # [P, 1, 1, d_v]
-        ev, g2 = float(e), 2.0 * g * g
+        g2 = 2.0 * g * g
         base = 2.0 * ((K + b - V) if residual else (b - V))           # E = 2 (pred - v) = base + 2 g X
         starts, Xs, rs, Gs = [], [], [], []
-        for Kc, bc, ec in zip(K.unbind(1), (g * base).unbind(1), eta.unbind(1)):    # the state passing
+        for Kc, bc, ec in zip(K.unbind(1), (g * base).unbind(1), (e * eta).unbind(1)):    # the state passing
             starts.append(W)
             Z = Kc @ W.transpose(1, 2)
             Zc = Z - Z.mean(-1, keepdim=True)
@@ -79,7 +80,7 @@ class LinearLNChunks(torch.autograd.Function):
             X = Zc * r
             gE = torch.addcmul(bc, g2[:, 0], X)                                    # g E
             G = r * (gE - gE.mean(-1, keepdim=True) - X * (gE * X).mean(-1, keepdim=True))
-            W = torch.baddbmm(W, (ec.unsqueeze(-1) * G).transpose(1, 2), Kc, alpha=-ev)
+            W = torch.baddbmm(W, (ec.unsqueeze(-1) * G).transpose(1, 2), Kc, alpha=-1)
             Xs.append(X), rs.append(r), Gs.append(G)
         Ws, X, r, G = (torch.stack(t, dim=1) for t in (starts, Xs, rs, Gs))             # Ws [P, N, d_v, d_k]
         D = eta.unsqueeze(-1) * G
@@ -92,10 +93,11 @@ class LinearLNChunks(torch.autograd.Function):
         return Y.unflatten(0, shape[:2]), W.unflatten(0, shape[:2])
 
     @staticmethod
+    @without_autocast
     def backward(ctx, dY, dW_end):
         K, Q, eta, g, tau, e, Ws, X, r, G, base, S, SD, Xq, rq = ctx.saved_tensors
         P, N = K.shape[:2]
-        ev, g2 = float(e), 2.0 * g * g
+        g2, Ke = 2.0 * g * g, e * K
         dY = dY.flatten(0, 1)
         D = eta.unsqueeze(-1) * G
         E = torch.addcmul(base, 2.0 * g, X)
@@ -121,7 +123,7 @@ class LinearLNChunks(torch.autograd.Function):
         carries, dDs, dZs = [], [], []
         for c in range(N - 1, -1, -1):
             Kc, Xc, rc = K[:, c], X[:, c], r[:, c]
-            dDc = torch.baddbmm(dD_read[:, c], Kc, _mT(carry), alpha=-ev)
+            dDc = torch.baddbmm(dD_read[:, c], Ke[:, c], _mT(carry), alpha=-1)
             u = s[:, c] * dDc                                                       # r dG
             dX = P1[:, c] * u - (u * Xc).mean(-1, keepdim=True) * P2[:, c] - u.mean(-1, keepdim=True) * g2[:, 0]
             uG = (u * G[:, c]).mean(-1, keepdim=True)                               # dr r^2 / d, dr = d loss / d r
@@ -136,7 +138,7 @@ class LinearLNChunks(torch.autograd.Function):
         dP = 2.0 * g * dEg                                                          # d loss / d prediction
         deta = (dDa * G).sum(-1)
         de = -(later * (_mT(D) @ K)).sum()
-        dK = dK + dZ @ Ws - ev * (D @ later) + (dP if ctx.residual else 0.0)
+        dK = dK + dZ @ Ws - e * (D @ later) + (dP if ctx.residual else 0.0)
         dg = dg + (dEg * E).sum((1, 2)) + (dP * X).sum((1, 2))
         db = db + dP.sum((1, 2))
         out = [t.unflatten(0, ctx.shape[:2]) for t in (dK, dQ, -dP, deta, dW0, dg.view(P, -1), db.view(P, -1))]

@@ -30,6 +30,7 @@ from ...space import MirasSpec
 from ...space.algorithm import GD, Momentum
 from ...space.bias import L2
 from ...space.memory import MLPMemory, activation, activation_grad
+from ..amp import without_autocast
 from ..state import MemoryState
 from .linear_ln import _ln, _ln_back, _mT
 
@@ -125,6 +126,7 @@ class MLP2Chunks(torch.autograd.Function):
         return Y, A1, A2, S1, S2
 
     @staticmethod
+    @without_autocast
     def backward(ctx, dY, dA1_end, dA2_end, dS1_end, dS2_end):
         (K, Q, decay, C, m, sdecay, Cs, A1s, A2s, S1s, S2s, Z1, H, X, r, G1, G2, QK, Zq1, Hq, HH, Xq, rq,
          base) = ctx.saved_tensors
@@ -139,11 +141,11 @@ class MLP2Chunks(torch.autograd.Function):
         dG2_read = -(_mT(C * HH) @ dZq2)
         dC = -(dZq2 @ _mT(G2)) * HH
         ddecay = (dZq2 * (Hq @ _mT(A2s))).sum(-1)
-        dA2_read = _mT(dec * dZq2) @ Hq
+        rA2 = dec * dZq2                                  # the reads' d loss / d A2 of chunk c: rA2[c]^T Hq[c]
         if mom:
             dHq = dHq + (m.unsqueeze(-1) * dZq2) @ S2s
             dm = (dZq2 * (Hq @ _mT(S2s))).sum(-1)
-            dS2_read = _mT(m.unsqueeze(-1) * dZq2) @ Hq
+            rS2 = m.unsqueeze(-1) * dZq2
         dZq1 = dHq * activation_grad(act, Zq1)
         dQ = (dec * dZq1) @ A1s + (dY if ctx.residual else 0.0)
         dR1 = C * (dZq1 @ _mT(G1))
@@ -152,11 +154,11 @@ class MLP2Chunks(torch.autograd.Function):
         dG1_read = -(_mT(C * QK) @ dZq1)
         dC = dC - (dZq1 @ _mT(G1)) * QK
         ddecay = ddecay + (dZq1 * (Q @ _mT(A1s))).sum(-1)
-        dA1_read = _mT(dec * dZq1) @ Q
+        rA1 = dec * dZq1
         if mom:
             dQ = dQ + (m.unsqueeze(-1) * dZq1) @ S1s
             dm = dm + (dZq1 * (Q @ _mT(S1s))).sum(-1)
-            dS1_read = _mT(m.unsqueeze(-1) * dZq1) @ Q
+            rS1 = m.unsqueeze(-1) * dZq1
         # the sequential part, last chunk first: dA*, dS* = d loss / d the chunk's end state
         dA1, dA2 = (torch.zeros_like(A1s[:, 0]) if g is None else g for g in (dA1_end, dA2_end))
         dS1, dS2 = ((torch.zeros_like(S1s[:, 0]) if g is None else g for g in (dS1_end, dS2_end)) if mom
@@ -203,11 +205,13 @@ class MLP2Chunks(torch.autograd.Function):
             dZ1 = dZ1 + dH * a1
             dZ1s.append(dZ1), dEs.append(dE), dKe.append(dKc)
             if mom:                                     # (before dA1, dA2 move on: they are d loss / d A' here)
-                dS1 = torch.addcmul(torch.addcmul(dS1_read[:, c], ml, dA1), sl, dS1)
-                dS2 = torch.addcmul(torch.addcmul(dS2_read[:, c], ml, dA2), sl, dS2)
+                dS1 = torch.baddbmm(torch.addcmul(ml * dA1, sl, dS1), _mT(rS1[:, c]), Q[:, c])
+                dS2 = torch.baddbmm(torch.addcmul(ml * dA2, sl, dS2), _mT(rS2[:, c]), Hq[:, c])
             # d loss / d A: decayed into A', read by the chunk, and the anchor of its factors (W2 in G1 and Z2)
-            dA1 = torch.baddbmm(torch.addcmul(dA1_read[:, c], dl, dA1), _mT(dZ1), Kc)
-            dA2 = torch.baddbmm(torch.baddbmm(torch.addcmul(dA2_read[:, c], dl, dA2), _mT(G2c), Gam), _mT(dZ2), Hc)
+            # (the reads' terms here, not for all chunks at once: that would be a state-sized tensor per chunk)
+            dA1 = torch.baddbmm(torch.baddbmm(dl * dA1, _mT(rA1[:, c]), Q[:, c]), _mT(dZ1), Kc)
+            dA2 = torch.baddbmm(torch.baddbmm(torch.baddbmm(dl * dA2, _mT(rA2[:, c]), Hq[:, c]), _mT(G2c), Gam),
+                                _mT(dZ2), Hc)
         dZ1, dE, dKe, dCl, dDl = (torch.stack(t[::-1], 1) for t in (dZ1s, dEs, dKe, dCl, dDl))
         # per-token gradients of the updates, every chunk at once
         dP = 2.0 * dE

@@ -18,12 +18,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...errors import require
+from ..amp import without_autocast
 from ..chunks import to_chunks
 from ..segsum import segsum
 from ..state import check_tensors
 from .scalar import chunk_simple_gla
 
 
+@without_autocast
 def chunk_gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None = None, scale: float | None = None,
               initial_state: Tensor | None = None, output_final_state: bool = False,
               chunk_size: int = 64) -> tuple[Tensor, Tensor | None]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..amp import without_autocast
 from ..blocks import chunk_blocks, cumulative_log_decays, decay_matrix, read_chunks, scaled_bmm, write_chunks
 
 
@@ -54,6 +55,7 @@ class _ChunkSimpleGLA(torch.autograd.Function):
         return o[:, :T], states[-1].view(B, H, K, -1).clone()
 
     @staticmethod
+    @without_autocast
     def backward(ctx, do, dS):
         q, k, v, gc, floored, states = ctx.saved_tensors
         scale, C, dtype, dtypes = ctx.meta
