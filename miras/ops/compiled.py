@@ -18,9 +18,9 @@ unsupported construct) warns once and runs that (op, spec, dtype, grad mode, sha
 model that is itself being compiled the segments are a graph break: they compile on their own, never unrolled into
 the model's graph.
 
-Which ops: COMPILED_OPS, from the measurement (benchmarks/bench_compile.py, docs/training.md "Compiled ops"): the
-mini-batch engine (Titans, TTT, ...; many small ops per chunk, which inductor fuses) is 1.6-2.8x faster compiled on
-CPU; the ssd and delta ops (a few large batched matmuls per block of chunks) are not faster, so they stay eager.
+Which ops: COMPILED_OPS (benchmarks/bench_compile.py, docs/training.md "Compiled ops"): the mini-batch engine (many
+small ops per chunk, which inductor can fuse); the ssd and delta ops (a few large batched matmuls per block of
+chunks) gained nothing compiled, so they stay eager.
 """
 from __future__ import annotations
 

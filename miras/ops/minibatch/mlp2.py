@@ -130,7 +130,7 @@ class MLP2Chunks(torch.autograd.Function):
     def backward(ctx, dY, dA1_end, dA2_end, dS1_end, dS2_end):
         (K, Q, decay, C, m, sdecay, Cs, A1s, A2s, S1s, S2s, Z1, H, X, r, G1, G2, QK, Zq1, Hq, HH, Xq, rq,
          base) = ctx.saved_tensors
-        act, mom, (P, N, n, d) = ctx.act, S1s is not None, K.shape
+        act, mom, N = ctx.act, S1s is not None, K.shape[1]
         dec = decay.unsqueeze(-1)
         # the reads, every chunk at once (layer 2, then layer 1)
         dZq2 = _ln_back(dY, Xq, rq)
