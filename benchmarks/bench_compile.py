@@ -1,16 +1,20 @@
 """torch.compile against eager on CPU: compile time and steady-state forward + backward speed, in one process.
 
-    python benchmarks/bench_compile.py                        # everything (cold compile cache: tens of minutes)
-    python benchmarks/bench_compile.py --ops mamba2 --train none --repeats 2     # one op, quickly
+    python benchmarks/bench_compile.py                        # everything (cold compile caches: about half an hour)
+    python benchmarks/bench_compile.py --ops mamba2 --train none --repeats 2     # one op
+    python benchmarks/bench_compile.py --ops none --train titans-lmm --modes both --steps 3   # run.compile=true
 
-Ops: memory_op(compile=False / True) (ops/compiled.py: the op compiled in segments of SEGMENT_TOKENS tokens) on
-random inputs, B = 1, H = 4, d = 64, float32, forward + backward of a fixed projection of the output. Training:
-`miras.train.train` on a small model, eager against run.compile=true, per-step times from its metrics log.
+Ops: memory_op(compile=False / True) (ops/compiled.py: the op compiled in segments of SEGMENT_TOKENS tokens; here
+every chunked family, also those COMPILED_OPS leaves eager) on random inputs, B = 1, H = 4, d = 64, float32, forward +
+backward of a fixed projection of the output. Training: the trainer's step on a model of --size (`train_case`),
+eager against the compiled modes, which take turns step by step.
 
-Columns: tok/s at steady state (the best of --repeats, after the call that compiles), the compile time (the first
-compiled call minus a steady one; with a fresh inductor cache unless --warm-cache), the speedup, and the break-even:
-how many tokens (ops) or steps (training) it takes for the faster steady state to pay the compile time back
-("never" when compiled is not faster). On a busy machine the numbers are indicative: run it on a quiet one.
+Columns: tok/s at steady state (the best of --repeats / later steps, after the call that compiles), the compile
+time (the first compiled call minus a steady one, less the eager first call's own overhead for training; with fresh
+inductor caches unless --warm-cache), the speedup, and the break-even: how many tokens (ops) or steps (training) the
+faster steady state takes to pay the compile time back ("never" when compiled is not faster). rel err: compiled
+against eager on the first 256 outputs (long fp32 runs of the random deep memories drift apart, as fp32 and fp64
+do). On a busy machine the numbers are indicative: run it on a quiet one.
 """
 from __future__ import annotations
 
@@ -134,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     import miras.ops.compiled as compiled
     if args.segment:
         compiled.SEGMENT_TOKENS = args.segment
+    compiled.COMPILED_OPS = ("ssd", "delta", "minibatch")   # measure every family (memory_op compiles COMPILED_OPS)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cold cache: {not args.warm_cache}, "
           f"segment {compiled.SEGMENT_TOKENS} tokens", flush=True)
     ops = [x for x in args.ops.split(",") if x and x != "none"]

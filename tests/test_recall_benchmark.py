@@ -31,7 +31,7 @@ def test_tiny_run_writes_tables_and_resumes_without_redoing_work(tmp_path, capsy
     args = ["--tiny", "--mqar", "--threads", "1", "--out-dir", str(tmp_path)]
     assert recall.main(args) == 0
     first = capsys.readouterr().out
-    assert "train gated-deltanet" in first and "eval transformer @ 640" in first
+    assert "train gated-deltanet" in first and "eval transformer-conv @ 640" in first
     table = (tmp_path / "niah_table.md").read_text()
     assert "| gated-deltanet |" in table and "acc@512" in table and "acc@640" in table
     rows = (tmp_path / "niah_table.csv").read_text().splitlines()
@@ -44,7 +44,7 @@ def test_tiny_run_writes_tables_and_resumes_without_redoing_work(tmp_path, capsy
         result = json.loads(path.read_text())
         assert 0 <= result["accuracy"] <= 1 and set(result["by_variant"]) == set(recall.RULER)
     if recall.plots_available():
-        assert (tmp_path / "niah" / "transformer" / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+        assert (tmp_path / "niah" / "transformer-conv" / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
         assert (tmp_path / "niah_accuracy_vs_length.png").is_file()
     stamps = {p: p.stat().st_mtime_ns for p in outputs}
     assert recall.main(args) == 0

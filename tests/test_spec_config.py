@@ -5,7 +5,6 @@ Also: the spec tables (miras/space/tables.py) round-trip every preset, partial c
 wrong axis, name or parameter is a ConfigError listing what is allowed.
 """
 import json
-from pathlib import Path
 
 import pytest
 import torch

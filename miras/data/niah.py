@@ -48,7 +48,6 @@ _NOUNS = ("anchor", "badge", "candle", "dragon", "engine", "falcon", "garden", "
           "umbrella", "violin", "wagon", "yarn")
 WORDS = tuple(f"{a}-{n}" for a in _ADJECTIVES for n in _NOUNS)   # keys, and the values of kind "words"
 UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-_PUNCTUATION = ".,;:!?\"'`()[]"
 
 
 def depths(n: int = 10) -> list[float]:

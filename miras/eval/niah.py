@@ -1,17 +1,19 @@
-"""S-NIAH scoring: exact-match answers of a model, greedy generation (the task itself: miras/data/niah.py)."""
+"""S-NIAH scoring: RULER's string match of a model's greedy generation (the task itself: miras/data/niah.py)."""
 from __future__ import annotations
 
 import torch
 
-from ..data.niah import _PUNCTUATION, NeedleTask
+from ..data.niah import NeedleTask
 from ..errors import require
 
 
 def score_needle(generated_text: str, answer: str) -> bool:
-    """Exact match: the first whitespace-separated word of the generation, with surrounding quotes, brackets and
-    punctuation (.,;:!?"'`()[]) stripped, must equal the stripped answer (" 1234567." matches "1234567")."""
-    words = generated_text.split()
-    return bool(words) and words[0].strip(_PUNCTUATION) == answer.strip()
+    """RULER's rule (string_match_all with one reference): the answer, stripped, occurs in the generation, case
+    ignored. The generation is len(answer) + 2 tokens, so " 1234567." and " 12345678" both hold "1234567": a model
+    trained only on the answer has never seen what follows it and need not stop there."""
+    reference = answer.strip().lower()
+    require(bool(reference), "answer", repr(answer), "a non-empty answer")
+    return reference in generated_text.lower()
 
 
 @torch.no_grad()
@@ -47,7 +49,7 @@ def greedy_generate_batch(model, prompts: list[list[int]], max_new_tokens: int, 
 
 def needle_accuracy(model, task: NeedleTask, tokenizer, n: int = 20, seed: int | None = None, batch_size: int = 1,
                     piece: int = 0) -> float:
-    """Fraction of n held-out examples answered exactly (greedy, len(answer) + 2 new tokens, score_needle).
+    """Fraction of n held-out examples answered (greedy, len(answer) + 2 new tokens, scored by score_needle).
     batch_size > 1 generates that many examples at once (greedy_generate_batch; all prompts have context_tokens
     ids), piece > 0 reads each prompt in pieces of that many tokens."""
     require(isinstance(batch_size, int) and batch_size >= 1, "batch_size", batch_size, "an integer >= 1")

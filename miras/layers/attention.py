@@ -1,4 +1,5 @@
-"""Causal softmax attention: full or sliding-window, Titans persistent memory, GQA, RoPE; the KV cache is the state.
+"""Causal softmax attention: full or sliding-window, Titans persistent memory, GQA, RoPE, an optional short
+convolution on q, k and v; the KV cache (and the convolution's last inputs) is the state.
 
 Persistent memory (Titans, after Sukhbaatar et al. 2019) is N_p learnable key/value pairs per KV head, in key/value
 space, that every query attends to. They carry no position: no RoPE, never in the cache, never masked by the window.
@@ -12,15 +13,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import require
+from .conv import ShortConv
 
 
 @dataclass
 class AttentionState:
     """k, v: [B, kv_heads, n, head_dim] the cached keys (RoPE applied) and values of the last n tokens (all of
-    them without a window, n <= window - 1 with one); pos: [] int64, the absolute position of the next token."""
+    them without a window, n <= window - 1 with one); pos: [] int64, the absolute position of the next token;
+    conv: [B, conv - 1, channels] the convolution's last q|k|v inputs (None without one)."""
     k: Tensor
     v: Tensor
     pos: Tensor
+    conv: Tensor | None = None
 
 
 def rope(x: Tensor, pos: Tensor, theta: float) -> Tensor:
@@ -40,11 +44,16 @@ class Attention(nn.Module):
 
     x: [B, T, D] -> y: [B, T, D]. window: each token sees itself and the window - 1 previous tokens (None: all);
     persistent_tokens: N_p learnable key/value pairs seen by every token; kv_heads: grouped-query attention
-    (query head h reads KV head h // (heads / kv_heads); None: heads). forward(x, state) -> (y, AttentionState).
+    (query head h reads KV head h // (heads / kv_heads); None: heads); conv: kernel of a depthwise causal
+    convolution on the q, k and v projections, before RoPE (Primer's multi-dconv-head attention; 0: none). With it
+    a token's key and value carry its predecessors, so a query finds "the token after a match" in one layer, as
+    the recurrent blocks do with their short convolution (docs/design-space.md). forward(x, state) -> (y,
+    AttentionState).
     """
 
     def __init__(self, d_model: int, heads: int, head_dim: int | None = None, window: int | None = None,
-                 persistent_tokens: int = 0, rope_theta: float = 10000.0, kv_heads: int | None = None):
+                 persistent_tokens: int = 0, rope_theta: float = 10000.0, kv_heads: int | None = None,
+                 conv: int = 0):
         super().__init__()
         require(heads >= 1, "heads", heads, "an integer >= 1")
         require(head_dim is not None or d_model % heads == 0, "heads", heads,
@@ -57,12 +66,15 @@ class Attention(nn.Module):
         require(window is None or window >= 1, "window", window, "None (full attention) or an integer >= 1")
         require(persistent_tokens >= 0, "persistent_tokens", persistent_tokens, "an integer >= 0")
         require(rope_theta > 0, "rope_theta", rope_theta, "a number > 0")
+        require(isinstance(conv, int) and not isinstance(conv, bool) and conv >= 0, "conv", conv,
+                "an integer >= 0 (the kernel of the q, k, v convolution; 0: none)", "e.g. conv=4")
         self.heads, self.head_dim, self.kv_heads, self.window = heads, head_dim, kv_heads, window
         self.persistent_tokens, self.rope_theta = persistent_tokens, rope_theta
         self.q_proj = nn.Linear(d_model, heads * head_dim, bias=False)
         self.k_proj = nn.Linear(d_model, kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(d_model, kv_heads * head_dim, bias=False)
         self.o_proj = nn.Linear(heads * head_dim, d_model, bias=False)
+        self.conv = ShortConv((heads + 2 * kv_heads) * head_dim, conv, activation=False) if conv else None
         self.persistent_k = self.persistent_v = None
         if persistent_tokens:
             self.persistent_k = nn.Parameter(0.02 * torch.randn(kv_heads, persistent_tokens, head_dim))
@@ -71,13 +83,18 @@ class Attention(nn.Module):
     def initial_state(self, batch: int, like: Tensor) -> AttentionState:
         """The empty cache at position 0, in like's dtype and device."""
         empty = like.new_zeros(batch, self.kv_heads, 0, self.head_dim)
-        return AttentionState(empty, empty.clone(), torch.zeros((), dtype=torch.long, device=like.device))
+        conv = like.new_zeros(batch, self.conv.kernel - 1, self.conv.weight.shape[0]) if self.conv else None
+        return AttentionState(empty, empty.clone(), torch.zeros((), dtype=torch.long, device=like.device), conv)
 
     def forward(self, x: Tensor, state: AttentionState | None = None) -> tuple[Tensor, AttentionState]:
         B, T, _ = x.shape
         state = self.initial_state(B, x) if state is None else state
-        q, k, v = (proj(x).unflatten(-1, (-1, self.head_dim)).transpose(1, 2)
-                   for proj in (self.q_proj, self.k_proj, self.v_proj))    # [B, H or kv_heads, T, head_dim]
+        qkv, conv = [proj(x) for proj in (self.q_proj, self.k_proj, self.v_proj)], None
+        if self.conv is not None:
+            widths = [t.shape[-1] for t in qkv]
+            mixed, conv = self.conv(torch.cat(qkv, dim=-1), state.conv)
+            qkv = mixed.split(widths, dim=-1)
+        q, k, v = (t.unflatten(-1, (-1, self.head_dim)).transpose(1, 2) for t in qkv)   # [B, H or kv_heads, T, hd]
         pos = state.pos + torch.arange(T, device=x.device)
         q, k = rope(q, pos, self.rope_theta), rope(k, pos, self.rope_theta)
         keys, values = torch.cat([state.k.to(k.dtype), k], dim=2), torch.cat([state.v.to(v.dtype), v], dim=2)
@@ -91,7 +108,7 @@ class Attention(nn.Module):
                                            v_all.repeat_interleave(group, dim=1), attn_mask=mask,
                                            is_causal=mask is None)
         start = 0 if self.window is None else max(0, keys.shape[2] - (self.window - 1))
-        new_state = AttentionState(keys[:, :, start:], values[:, :, start:], state.pos + T)
+        new_state = AttentionState(keys[:, :, start:], values[:, :, start:], state.pos + T, conv)
         return self.o_proj(y.transpose(1, 2).flatten(2)), new_state
 
     def _mask(self, T: int, cached: int, device: torch.device) -> Tensor | None:

@@ -27,6 +27,8 @@ class ShortConv(nn.Module):
         if state is None:
             state = x.new_zeros(B, self.kernel - 1, C)
         full = torch.cat([state.to(x.dtype), x], dim=1)                     # [B, K - 1 + T, C]
+        if T == 0:                                                           # nothing read: the state as it was
+            return x, full
         if T == 1:                                                           # [B, K, C] . w [K, C] over the taps
             y = (full * self.weight.squeeze(1).t()).sum(1, keepdim=True) + self.bias
         else:

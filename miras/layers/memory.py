@@ -196,7 +196,7 @@ class MemoryLayer(nn.Module):
         y, mem = memory_op(self.spec, q, k, v, self.gate_values(x), mem, self.mode, self.checkpoint_chunks,
                            token_offsets=self.token_offsets, compile=self.compile)
         y = y[:, n - 1::n] if n > 1 else y                  # read after each token's last sub-step
-        y = self.out_norm(y.to(x.dtype)).reshape(B, T, -1) * F.silu(self.out_gate(x))
+        y = self.out_norm(y.to(x.dtype)).reshape(B, T, self.heads * y.shape[-1]) * F.silu(self.out_gate(x))
         return self.out_proj(y), MemoryLayerState(mem, new_conv)
 
     def extra_repr(self) -> str:

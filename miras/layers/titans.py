@@ -98,4 +98,4 @@ class MemoryAsContext(nn.Module):
             else:
                 state = MACState(mem, state.start, k, v, pos)
             start = end
-        return torch.cat(outs, dim=1), state
+        return (torch.cat(outs, dim=1) if outs else x), state    # no tokens: nothing read, the state as it was

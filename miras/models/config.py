@@ -28,6 +28,9 @@ class MirasConfig:
         learnable tokens before the sequence. None (the default) = the preset's: 4 for titans-mac / -mag / -mal,
         0 otherwise.
     chunk_size: override of the preset's memory chunk size (None keeps it).
+    attention_conv: kernel of a depthwise causal convolution on q, k and v in the attention of the "attention",
+        "swa" and hybrid mixers (Primer's; 0, the default: plain attention). It lets a 2-layer transformer learn
+        recall in as few steps as the recurrent blocks with their short convolution (docs/design-space.md).
     """
 
     preset: str = "gated-deltanet"
@@ -43,6 +46,7 @@ class MirasConfig:
     segment: int = 64
     chunk_size: int | None = None
     spec: dict | None = None
+    attention_conv: int = 0
     gate_rank: int = 32
     d_state: int = 64
     norm_eps: float = 1e-6
@@ -58,6 +62,10 @@ class MirasConfig:
         for name in ("vocab_size", "d_model", "n_layers", "heads", "window", "segment", "gate_rank", "d_state"):
             value = getattr(self, name)
             require(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
+        require(isinstance(self.attention_conv, int) and not isinstance(self.attention_conv, bool)
+                and 0 <= self.attention_conv <= 64, "attention_conv", self.attention_conv,
+                "an integer from 0 (none) to 64: the kernel of the convolution on attention's q, k, v",
+                "e.g. attention_conv=4")
         for name in ("head_dim", "chunk_size"):
             value = getattr(self, name)
             require(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1), name,

@@ -18,7 +18,8 @@ def build_mixer(config: MirasConfig, kind: str) -> nn.Module:
     c = config
 
     def attention(window):
-        return Attention(c.d_model, c.heads, head_dim=c.head_dim, window=window, persistent_tokens=c.persistent_tokens)
+        return Attention(c.d_model, c.heads, head_dim=c.head_dim, window=window, persistent_tokens=c.persistent_tokens,
+                         conv=c.attention_conv)
 
     def memory(persistent_tokens=0):
         return MemoryLayer(c.memory_spec, c.d_model, c.heads, head_dim=c.head_dim, gate_rank=c.gate_rank,

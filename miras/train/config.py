@@ -42,6 +42,8 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     warmup_steps: int = 30
     steps: int = 600
+    schedule: str = "steps"           # steps: the cosine ends at optim.steps; time: at optim.steps or at the end of
+                                      # run.max_minutes, whichever comes first (for time-matched comparisons)
     batch_size: int = 8
     grad_accum: int = 1
     weight_decay: float = 0.1
@@ -62,7 +64,7 @@ class RunOptions:
     threads: int = 0                  # 0: leave torch's default
     device: str = "auto"              # auto | cpu | cuda
     amp: str = "bf16"                 # bf16 | fp16 | none (GPU only; CPU runs fp32)
-    compile: bool = False             # torch.compile the model, the mini-batch memory ops in segments (ops/compiled.py)
+    compile: bool = False             # torch.compile the training step (docs/training.md, "Compiled ops")
     fsdp: bool = False
     on_nan: str = "stop"              # stop | skip
     max_minutes: float = 10.0         # wall-clock budget (0: none)
@@ -104,6 +106,8 @@ class RunConfig:
             ("optim.grad_accum", o.grad_accum, o.grad_accum >= 1, ">= 1"),
             ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, ">= 0"),
             ("optim.min_lr_ratio", o.min_lr_ratio, 0 <= o.min_lr_ratio <= 1, "in [0, 1]"),
+            ("optim.schedule", o.schedule, o.schedule == "steps" or (o.schedule == "time" and r.max_minutes > 0),
+             "'steps' or 'time' (the latter with a time budget: run.max_minutes > 0)"),
             ("optim.clip", o.clip, o.clip >= 0, ">= 0 (0 disables)"),
             ("data.seq_len", d.seq_len, d.seq_len >= 2, ">= 2"),
             ("data.tokenizer", d.tokenizer, d.tokenizer in ("byte", "bpe"), "'byte' or 'bpe'"),

@@ -338,9 +338,12 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
     meta = {"model_config": mcfg.to_dict(), "tokenizer": data.tokenizer_name, "miras_version": VERSION}
     start_time, skipped = time.time(), 0
     step = start_step
+    # optim.schedule=time: the share of the time budget spent, continuing a resumed run's over this session's budget
+    spent_before = float(last.get("time_progress", 0.0)) if o.schedule == "time" else 0.0
+    time_progress = spent_before
     while step < o.steps:
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, o)
+            group["lr"] = lr_at(step, o, time_progress)
         loss_sum = torch.zeros((), device=device)
         for micro in range(o.grad_accum):
             inputs, labels = data.train.batch(step * o.grad_accum + micro)
@@ -381,9 +384,13 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
         optimizer.zero_grad(set_to_none=True)
         step += 1
         elapsed = time.time() - start_time
+        if o.schedule == "time":
+            time_progress = min(1.0, spent_before + (1 - spent_before) * elapsed / (60 * cfg.run.max_minutes))
         last = {"kind": "train", "step": step, "loss": loss_sum.item(), "lr": optimizer.param_groups[0]["lr"],
                 "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_step * (step - start_step) / elapsed,
                 "elapsed_s": elapsed, "skipped": skipped}
+        if o.schedule == "time":
+            last["time_progress"] = time_progress
         out_of_time = agree(bool(cfg.run.max_minutes and elapsed > 60 * cfg.run.max_minutes), d, device)
         if d.main and (step % cfg.run.log_every == 0 or step == o.steps or out_of_time):
             eta = (o.steps - step) * elapsed / (step - start_step)

@@ -229,11 +229,17 @@ def test_niah_rejects_bad_settings():
 
 @pytest.mark.parametrize("generated,answer,ok", [
     (" 1234567", "1234567", True), ("1234567.", " 1234567", True), (' "1234567". The grass', "1234567", True),
-    ("\n1234567\n", "1234567", True), ("12345678", "1234567", False), ("123456", "1234567", False),
-    ("", "1234567", False), ("is 1234567", "1234567", False), ("calm-river,", "calm-river", True),
-    ("calm-riverbank", "calm-river", False)])
-def test_score_needle_exact_match(generated, answer, ok):
+    ("\n1234567\n", "1234567", True), (" 12345678", " 1234567", True), ("123456", "1234567", False),
+    ("", "1234567", False), ("is 1234567", "1234567", True), ("1234 567", "1234567", False),
+    ("Calm-River,", "calm-river", True), ("calm-rive", "calm-river", False), (" 7654321", "1234567", False)])
+def test_score_needle_is_rulers_string_match(generated, answer, ok):
+    """RULER's string_match_all: the stripped answer occurs in the generation, case ignored."""
     assert score_needle(generated, answer) is ok
+
+
+def test_score_needle_refuses_an_empty_answer():
+    with pytest.raises(ConfigError, match="answer"):
+        score_needle("1234567", " ")
 
 
 def test_depth_grid_and_lengths():
@@ -245,7 +251,8 @@ def test_depth_grid_and_lengths():
 
 
 class NeedleOracle(nn.Module):
-    """Reads the needle out of the prompt and emits " value." one byte per call (states = what is left)."""
+    """Reads the needle out of the prompt and emits " value." one byte per call (states = what is left); wrong:
+    the value with its last character changed."""
 
     def __init__(self, wrong=False):
         super().__init__()
@@ -254,7 +261,9 @@ class NeedleOracle(nn.Module):
     def forward(self, ids, states=None):
         if states is None:
             value = NEEDLE_RE.search(ByteTok().decode(ids[0].tolist())).group(3)
-            states = ByteTok().encode(" " + ("0" if self.wrong else "") + value + ". ")
+            if self.wrong:
+                value = value[:-1] + ("1" if value[-1] == "0" else "0")
+            states = ByteTok().encode(" " + value + ". ")
         logits = torch.zeros(1, ids.shape[1], 256)
         logits[0, -1, states[0]] = 1.0
         return logits, states[1:]

@@ -1,6 +1,6 @@
 """Attention layer: equal to a naive softmax attention with loop RoPE (band mask for the window, persistent keys
 unrotated); pieces with the KV-cache state (prefill + token-by-token decoding included) equal one call; bounded
-windowed cache; config errors; gradients."""
+windowed cache; config errors; gradients. With conv, the naive reference applies the convolution tap by tap."""
 import math
 
 import pytest
@@ -12,19 +12,22 @@ from miras.space import ConfigError
 from .helpers import in_pieces, parameter_grads
 
 CONFIGS = {"full": {}, "window": {"window": 4}, "persistent": {"persistent_tokens": 3}, "gqa": {"kv_heads": 2},
-           "head_dim": {"heads": 3, "head_dim": 6},
-           "all": {"window": 3, "persistent_tokens": 2, "kv_heads": 1, "rope_theta": 500.0}}
-PIECES = {"decode": [5] + [1] * 7, "two-calls": [7, 5], "prefill-with-cache": [3, 9], "three-calls": [1, 6, 5]}
+           "head_dim": {"heads": 3, "head_dim": 6}, "conv": {"conv": 4},
+           "all": {"window": 3, "persistent_tokens": 2, "kv_heads": 1, "rope_theta": 500.0, "conv": 3}}
+PIECES = {"decode": [5] + [1] * 7, "two-calls": [7, 5], "prefill-with-cache": [3, 9], "three-calls": [1, 6, 5],
+          "empty-calls": [0, 7, 0, 5]}
 T = 12
 
 
 def _layer(dtype=torch.float64, seed=0, **cfg):
     torch.manual_seed(seed)
     layer = Attention(**{"d_model": 24, "heads": 4, **cfg}).to(dtype)
-    if layer.persistent_k is not None:                     # unit-scale persistent pairs: a visible contribution
-        with torch.no_grad():
+    with torch.no_grad():
+        if layer.persistent_k is not None:                 # unit-scale persistent pairs: a visible contribution
             layer.persistent_k.normal_()
             layer.persistent_v.normal_()
+        if layer.conv is not None:                         # a visible bias too
+            layer.conv.bias.normal_()
     return layer
 
 
@@ -43,13 +46,26 @@ def _naive_rope(x, theta):
     return out
 
 
+def _naive_conv(layer, y):
+    """y_t = bias + sum_{i < K} w_(K-1-i) y_(t-i) per channel, zeros before the first token."""
+    w, K = layer.conv.weight[:, 0], layer.conv.kernel
+    out = torch.zeros_like(y) + layer.conv.bias
+    for t in range(y.shape[1]):
+        for i in range(min(K, t + 1)):
+            out[:, t] += w[:, K - 1 - i] * y[:, t - i]
+    return out
+
+
 def _naive(layer, x):
-    """softmax(q k^T / sqrt(d) masked to s <= t (and t - s < window), persistent keys always seen) v, per head."""
+    """softmax(q k^T / sqrt(d) masked to s <= t (and t - s < window), persistent keys always seen) v, per head;
+    q, k, v through the convolution first when the layer has one."""
     B, L, _ = x.shape
     H, d, G, theta = layer.heads, layer.head_dim, layer.kv_heads, layer.rope_theta
     split = lambda y, heads: y.view(B, L, heads, d).transpose(1, 2)  # noqa: E731
-    q, k = _naive_rope(split(layer.q_proj(x), H), theta), _naive_rope(split(layer.k_proj(x), G), theta)
-    v = split(layer.v_proj(x), G)
+    q, k, v = layer.q_proj(x), layer.k_proj(x), layer.v_proj(x)
+    if layer.conv is not None:
+        q, k, v = _naive_conv(layer, torch.cat([q, k, v], -1)).split([H * d, G * d, G * d], -1)
+    q, k, v = _naive_rope(split(q, H), theta), _naive_rope(split(k, G), theta), split(v, G)
     t, s = torch.arange(L)[:, None], torch.arange(L)
     band = (s <= t) & (t - s < (layer.window or L))
     heads = []
@@ -79,6 +95,9 @@ def test_pieces_with_state_equal_one_call(name, pieces):
     torch.testing.assert_close(y_pieces, y, rtol=0, atol=1e-12)
     assert state_pieces.pos.item() == state.pos.item() == T
     torch.testing.assert_close(state_pieces.k, state.k, rtol=0, atol=1e-12)
+    if layer.conv is not None:
+        assert state.conv.shape == (2, layer.conv.kernel - 1, layer.conv.weight.shape[0])
+        torch.testing.assert_close(state_pieces.conv, state.conv, rtol=0, atol=1e-12)
 
 
 def test_float32_by_default_and_pieces_close():
@@ -119,6 +138,7 @@ def test_full_attention_cache_keeps_every_token():
 @pytest.mark.parametrize("cfg,field", [
     ({"d_model": 30, "heads": 4}, "heads"), ({"window": 0}, "window"), ({"persistent_tokens": -1}, "persistent_tokens"),
     ({"kv_heads": 3}, "kv_heads"), ({"head_dim": 5}, "head_dim"), ({"rope_theta": 0.0}, "rope_theta"),
+    ({"conv": -1}, "conv"), ({"conv": 2.5}, "conv"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_config_errors_name_the_field(cfg, field):
     with pytest.raises(ConfigError, match=rf"^{field}=.* is invalid: allowed "):
@@ -132,7 +152,7 @@ def test_gradients_reach_every_parameter_and_match_across_pieces():
     whole = parameter_grads(layer, lambda: layer(x)[0], weights)
     pieces = parameter_grads(layer, lambda: in_pieces(layer, x, PIECES["decode"])[0], weights)
     assert set(whole) == {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "persistent_k",
-                          "persistent_v"}
+                          "persistent_v", "conv.weight", "conv.bias"}
     for n, g in whole.items():
         assert g is not None and g.isfinite().all() and g.norm() > 0, n
         torch.testing.assert_close(pieces[n], g, rtol=0, atol=1e-11)

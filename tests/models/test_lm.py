@@ -14,13 +14,19 @@ def tiny_model(preset: str, **kw) -> MirasLM:
     return MirasLM(MirasConfig(preset=preset, **{**TINY, **kw})).double()
 
 
-@pytest.mark.parametrize("preset", list_presets())
+CONV = {"transformer+conv": ("transformer", {"attention_conv": 4}), "yaad-h+conv": ("yaad-h", {"attention_conv": 2})}
+
+
+@pytest.mark.parametrize("preset", list_presets() + list(CONV))
 def test_decoding_and_streaming_equal_one_forward(preset):
-    model = tiny_model(preset)
+    name, kw = CONV.get(preset, (preset, {}))
+    model = tiny_model(name, **kw)
     ids = torch.randint(0, 256, (2, 21), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full, _ = model(ids)
-        first, states = model(ids[:, :9])                   # prefill (window 8 < 9 < 2 segments)
+        empty, states = model(ids[:, :0])                   # no tokens: no logits, a state to continue from
+        assert empty.shape == (2, 0, 256)
+        first, states = model(ids[:, :9], states)           # prefill (window 8 < 9 < 2 segments)
         steps = []
         for t in range(9, 21):
             logits, states = model(ids[:, t:t + 1], states)

@@ -195,7 +195,8 @@ def test_no_intact_checkpoint_is_a_clear_error_and_writes_nothing(run_copy):
 
 def test_a_forward_pass_on_non_finite_weights_is_a_training_error_not_a_gate_error(tmp_path, monkeypatch):
     real = trainer_module.lr_at
-    monkeypatch.setattr(trainer_module, "lr_at", lambda step, o: float("inf") if step == 1 else real(step, o))
+    monkeypatch.setattr(trainer_module, "lr_at",
+                        lambda step, o, *rest: float("inf") if step == 1 else real(step, o, *rest))
     with pytest.raises(TrainingError, match="parameters are non-finite .* at step 2"):
         train(config(tmp_path / "run", "optim.steps=4", "run.on_nan=skip"))
 

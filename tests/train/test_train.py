@@ -125,12 +125,48 @@ def test_nan_loss_can_be_skipped_and_counted(tmp_path, monkeypatch):
     assert summary["skipped"] == 1 and math.isfinite(summary["loss"])
 
 
+class FakeClock:
+    """The trainer's `time` module with a clock that advances `tick` seconds per reading."""
+    def __init__(self, tick):
+        self.now, self.tick = 1000.0, tick
+
+    def time(self):
+        self.now += self.tick
+        return self.now
+
+
+def test_time_schedule_decays_over_the_time_budget_and_continues_across_a_resume(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_module, "time", FakeClock(tick=1.0))   # one reading a step: 1 s per step
+    common = ["model.preset=gated-deltanet", "optim.steps=1000", "optim.warmup_steps=0", "optim.lr=1e-3",
+              "optim.min_lr_ratio=0.1", "run.eval_every=1000", "run.save_every=4", "run.max_minutes=0.2"]
+    summary = train(config(tmp_path / "full", "optim.schedule=time", *common))
+    lrs = [r["lr"] for r in rows(tmp_path / "full")]
+    assert summary["steps"] == 13 and len(lrs) == 13                # 12 s budget: stops after the step past it
+    progress = [min(1.0, s / 12) for s in range(13)]                # step s starts s seconds into the budget
+    expected = [1e-4 + 0.5 * 9e-4 * (1 + math.cos(math.pi * p)) for p in progress]
+    assert lrs == pytest.approx(expected, rel=1e-6) and lrs[-1] == pytest.approx(1e-4)
+    train(config(tmp_path / "steps", *common))                      # optim.schedule=steps: still near the peak
+    assert [r["lr"] for r in rows(tmp_path / "steps")][-1] > 0.99e-3
+
+    crash_after_checkpoint(config(tmp_path / "cut", "optim.schedule=time", *common), step=4)
+    train(config(tmp_path / "cut", "optim.schedule=time", *common[:-1], "run.max_minutes=0.1"), resume=True)
+    resumed = [r["lr"] for r in rows(tmp_path / "cut")]
+    assert resumed[:4] == pytest.approx(expected[:4], rel=1e-6)
+    # the resumed session spreads the rest of the cosine (from 4/12) over its own 6 s budget
+    rest = [4 / 12 + (8 / 12) * min(1.0, s / 6) for s in range(len(resumed) - 4)]
+    assert resumed[4:] == pytest.approx([1e-4 + 0.5 * 9e-4 * (1 + math.cos(math.pi * p)) for p in rest], rel=1e-6)
+    assert resumed[-1] == pytest.approx(1e-4)
+
+
 @pytest.mark.parametrize("overrides,pattern", [
     (["optim.lr=-1"], r"optim\.lr=-1\.0 is invalid: allowed > 0"),
     (["optim.steps=ten"], r"optim\.steps='ten' is invalid: allowed a int"),
     (["model.preset=rwkv7"], r"preset='rwkv7'.*moneta"),
     (["data.corpus=/nonexistent/corpus.txt"], r"/nonexistent/corpus\.txt"),
     (["optim.lrr=1"], r"optim keys=\['lrr'\]"),
+    (["optim.schedule=time"], r"optim\.schedule='time' is invalid: allowed 'steps' or 'time' \(the latter with a time "
+                              r"budget: run\.max_minutes > 0\)"),
+    (["optim.schedule=linear", "run.max_minutes=1"], r"optim\.schedule='linear' is invalid"),
 ])
 def test_bad_input_gives_one_clear_message(tmp_path, overrides, pattern):
     with pytest.raises(ConfigError, match=pattern):
