@@ -7,13 +7,13 @@
 
 S-NIAH (default part). Every preset is sized to the same parameter count (--params; d_model solved per preset,
 n_layers and heads fixed, so counts land within a few percent), trained with `miras train`'s trainer on task niah
-at --train-len tokens (default 512) for at most --minutes each (the learning rate's cosine runs over those minutes,
-optim.schedule=time, so every preset ends its budget annealed however fast it steps), on RULER's single-needle
-variants --variants (default niah_single_1 = the 7-digit pass key in the repeated-noise haystack; _2 = the number
-in real text, _3 = a UUID in real text, mixed per row when several are given; the text haystack is the embedded
-corpus, train split for training, validation split for evaluation), then scored by RULER's string match
-(miras.eval.niah.score_needle) at every --lengths x --depths cell (--needles held-out needles per cell and
-variant). Writes to --out-dir:
+at --train-len tokens (default 512) for at most --minutes each (the cosine over --steps, so the learning rate stays
+near its peak within the cap: annealing over the minutes instead, optim.schedule=time, delays recall's late drop in
+loss), on RULER's single-needle variants --variants (default niah_single_1 = the 7-digit pass key in the
+repeated-noise haystack; _2 = the number in real text, _3 = a UUID in real text, mixed per row when several are
+given; the text haystack is the embedded corpus, train split for training, validation split for evaluation), then
+scored by RULER's string match (miras.eval.niah.score_needle) at every --lengths x --depths cell (--needles
+held-out needles per cell and variant). Writes to --out-dir:
 niah_table.md / niah_table.csv, niah_accuracy_vs_length.png, and per preset niah/<preset>/heatmap.png (depth x
 length, mean over the variants) next to its run folder and per-length results. The attention rows are
 transformer-conv / transformer-swa-conv (attention_conv=4, docs/design-space.md); plain attention learns recall
@@ -278,7 +278,7 @@ def run_config(c: RecallConfig, name: str, d_model: int, run_dir: Path, minutes:
     return RunConfig(model=MirasConfig(**base_model(c, name, d_model)), size="",
                      data=DataConfig(task="niah", seq_len=c.train_len, niah_variants=list(c.variants)),
                      optim=OptimConfig(lr=c.lr, steps=c.steps, batch_size=c.batch_size,
-                                       warmup_steps=min(50, c.steps // 10), schedule="time" if minutes else "steps"),
+                                       warmup_steps=min(50, c.steps // 10)),
                      run=RunOptions(out_dir=str(run_dir), seed=c.seed, log_every=max(1, min(50, c.steps // 10)),
                                     eval_every=c.steps, eval_batches=2, save_every=max(1, min(50, c.steps)),
                                     keep_last=1, threads=c.threads, max_minutes=minutes))
@@ -368,7 +368,7 @@ def run_niah(c: RecallConfig) -> list[dict]:
                     f"S-NIAH: {name}", "context length", "needle depth")
     shown = [{k: v for k, v in r.items() if not k.startswith("niah_single")} for r in rows]
     header = (f"S-NIAH ({', '.join(c.variants)}), byte tokenizer: trained at {c.train_len} tokens ({c.steps} steps "
-              f"max, {c.minutes} min per preset with the cosine over the minutes, batch {c.batch_size}, lr {c.lr}); {c.n_layers} layers, {c.heads} "
+              f"max, {c.minutes} min cap per preset, batch {c.batch_size}, lr {c.lr}); {c.n_layers} layers, {c.heads} "
               f"heads, d_model matched to {c.params:,} parameters; RULER string match over {c.depths} depths x "
               f"{c.needles} needles x {len(c.variants)} variants per length (per-variant columns in the CSV)")
     write_table(shown, out / "niah_table.md", header)
