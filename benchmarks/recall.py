@@ -20,11 +20,12 @@ transformer-conv / transformer-swa-conv (attention_conv=4, docs/design-space.md)
 far more slowly at this scale.
 
 --mqar: MQAR at zoology's scale (256 tokens, --mqar-pairs 16/32/64, vocab 256), each preset at each --mqar-d-models
-width (default 64) via `miras compare` (miras.eval.compare), the plain transformer next to transformer-conv; mqar_table.md / .csv and mqar_state_p<P>.png (accuracy vs floats of
-recurrent state). --stream: the S-NIAH model of --stream-preset (trained here if missing) reads a pass-key haystack
-of --stream-lengths tokens (default up to 1M) in pieces of --stream-piece tokens, its states carried between calls,
-the prompt never held whole; accuracy, tokens/s and peak RSS per length (each length in a fresh process, so its
-peak RSS is its own); stream_table.md / .csv.
+width (default 64) via `miras compare` (miras.eval.compare), the plain transformer next to transformer-conv;
+mqar_table.md / .csv and mqar_state_p<P>.png (accuracy vs floats of recurrent state). --stream: the S-NIAH model of
+--stream-preset (trained here if missing) reads a pass-key haystack of --stream-lengths tokens (default up to 1M)
+in pieces of --stream-piece tokens, its states carried between calls, the prompt never held whole; accuracy,
+tokens/s and peak RSS per length (each length in a fresh process, so its peak RSS is its own); stream_table.md /
+.csv.
 
 Resumable: a killed run started again with the same flags continues where it stopped. Training resumes from the
 run folder's newest checkpoint (the trainer's resume; the wall-clock cap counts the minutes already spent), a
@@ -59,8 +60,8 @@ VARIANTS = {  # named model variants; -conv: a depthwise convolution (kernel 4) 
     "transformer-swa": {"preset": "transformer", "layer_pattern": ["swa"]},
     "transformer-conv": {"preset": "transformer", "attention_conv": 4},
     "transformer-swa-conv": {"preset": "transformer", "layer_pattern": ["swa"], "attention_conv": 4}}
-NIAH_PRESETS = ("transformer-conv", "transformer-swa-conv", "mamba2", "gated-deltanet", "titans-lmm", "titans-mac", "moneta",
-                "yaad", "memora", "moneta-h", "yaad-h", "memora-h")
+NIAH_PRESETS = ("transformer-conv", "transformer-swa-conv", "mamba2", "gated-deltanet", "titans-lmm", "titans-mac",
+                "moneta", "yaad", "memora", "moneta-h", "yaad-h", "memora-h")
 MQAR_PRESETS = ("transformer", "transformer-conv", "mamba2", "gated-deltanet", "titans-lmm", "moneta")
 RULER = ("niah_single_1", "niah_single_2", "niah_single_3")
 MIN_LENGTH = 512      # the RULER template + needle + query take ~420 byte tokens (a UUID needle the most)
@@ -151,9 +152,11 @@ class RecallConfig:
 
 QUICK = dict(presets=["transformer-conv", "mamba2", "gated-deltanet"], params=40_000, train_len=512, steps=400,
              minutes=0.75, batch_size=4, lengths=[1024, 2048], depths=3, needles=2,
-             mqar_presets=["transformer-conv", "gated-deltanet"], mqar_d_models=[16, 32], mqar_steps=150, mqar_minutes=0.25, stream_lengths=[32768, 131072],
+             mqar_presets=["transformer-conv", "gated-deltanet"], mqar_d_models=[16, 32], mqar_steps=150,
+             mqar_minutes=0.25, stream_lengths=[32768, 131072],
              stream_piece=8192, out_dir="runs/recall_quick")
-TINY = dict(presets=["gated-deltanet", "transformer-conv"], variants=list(RULER), params=8_000, train_len=512, steps=2, minutes=0.0, batch_size=2,
+TINY = dict(presets=["gated-deltanet", "transformer-conv"], variants=list(RULER), params=8_000, train_len=512, steps=2,
+            minutes=0.0, batch_size=2,
             lengths=[512, 640], depths=2, needles=1, piece=256, mqar_presets=["gated-deltanet"], mqar_pairs=[2],
             mqar_d_models=[8], mqar_seq_len=16, mqar_vocab=16, mqar_steps=2, mqar_minutes=0.0, stream_lengths=[2048],
             stream_depths=[0.5], stream_piece=512, out_dir="runs/recall_tiny")

@@ -384,12 +384,11 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
         optimizer.zero_grad(set_to_none=True)
         step += 1
         elapsed = time.time() - start_time
-        if o.schedule == "time":
-            time_progress = min(1.0, spent_before + (1 - spent_before) * elapsed / (60 * cfg.run.max_minutes))
         last = {"kind": "train", "step": step, "loss": loss_sum.item(), "lr": optimizer.param_groups[0]["lr"],
                 "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_step * (step - start_step) / elapsed,
                 "elapsed_s": elapsed, "skipped": skipped}
         if o.schedule == "time":
+            time_progress = min(1.0, spent_before + (1 - spent_before) * elapsed / (60 * cfg.run.max_minutes))
             last["time_progress"] = time_progress
         out_of_time = agree(bool(cfg.run.max_minutes and elapsed > 60 * cfg.run.max_minutes), d, device)
         if d.main and (step % cfg.run.log_every == 0 or step == o.steps or out_of_time):
