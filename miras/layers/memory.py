@@ -172,7 +172,7 @@ class MemoryLayer(nn.Module):
             return None if group is None else {n: t.expand(batch, *t.shape[1:]) for n, t in group.items()}
         m = state.memory
         return MemoryLayerState(replace(m, A=rows(m.A), S=rows(m.S), anchor=rows(m.anchor), start=rows(m.start),
-                                        window=rows(m.window)),
+                                        window=rows(m.window), prior=rows(m.prior)),
                                 rows(state.conv))
 
     def forward(self, x: Tensor, state: MemoryLayerState | None = None) -> tuple[Tensor, MemoryLayerState]:

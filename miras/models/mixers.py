@@ -16,6 +16,7 @@ def build_mixer(config: MirasConfig, kind: str) -> nn.Module:
     """kind: one of config.MIXERS. "ttt" is the memory layer with the TTT preset's spec (its conv
     before and gate after are the Mamba-style TTT backbone)."""
     c = config
+    preset = get_preset(c.preset)
 
     def attention(window):
         return Attention(c.d_model, c.heads, head_dim=c.head_dim, window=window, persistent_tokens=c.persistent_tokens,
@@ -24,7 +25,7 @@ def build_mixer(config: MirasConfig, kind: str) -> nn.Module:
     def memory(persistent_tokens=0):
         return MemoryLayer(c.memory_spec, c.d_model, c.heads, head_dim=c.head_dim, gate_rank=c.gate_rank,
                            checkpoint_chunks=c.checkpoint_chunks, persistent_tokens=persistent_tokens,
-                           ttt_base_lr=get_preset(c.preset).ttt_base_lr)
+                           ttt_base_lr=preset.ttt_base_lr, lr_max=preset.lr_max)
 
     if kind == "attention":
         return attention(None)

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..space import MirasSpec, bias
 from ..space import algorithm as algorithms
+from ..space.retention import decays_toward_prior
 from ..errors import require
 from .amp import without_autocast
 from .attention import causal_attention
@@ -40,7 +41,8 @@ def select_op(spec: MirasSpec) -> str:
         return "delta"
     if (spec.memory.is_matrix and isinstance(spec.bias, bias.DotProduct) and spec.retention.identity_boundary
             and not spec.algorithm.momentum and not spec.per_channel("lr")
-            and not getattr(spec.algorithm, "weighted", False)):      # (weighted reads: TTT, LaCT)
+            and not getattr(spec.algorithm, "weighted", False)            # (weighted reads: TTT, LaCT)
+            and not decays_toward_prior(spec.retention)):
         return "ssd"
     if spec.retention.per_channel:
         return "reference"

@@ -14,7 +14,8 @@ def random_inputs(spec: MirasSpec, batch: int = 2, seqlen: int = 16, heads: int 
                   dtype: torch.dtype = torch.float64, seed: int = 0, requires_grad: bool = False
                   ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor], MemoryState]:
     """q, k [B, T, H, d_k] (unit norm), v [B, T, H, d_v], the spec's gates, and a start state with a
-    random W0 (and random momentum) so that every gradient path is exercised.
+    random W0 (and random momentum; for a decay toward W0, the prior W0 and A = W0 + noise) so that every gradient
+    path is exercised.
 
     With requires_grad, q, k, v, the gates and the state's tensors are leaves that require grad.
     """
@@ -42,6 +43,8 @@ def random_inputs(spec: MirasSpec, batch: int = 2, seqlen: int = 16, heads: int 
             state.A["W1"] = 0.1 * rand(*state.A["W1"].shape)
     if state.S is not None:
         state.S = {n: 0.01 * rand(*s.shape) for n, s in state.S.items()}
+    if state.prior is not None:          # a decay toward W0: A away from its prior, as after some tokens
+        state.A = {n: a + 0.1 * rand(*a.shape) for n, a in state.A.items()}
     if requires_grad:
         for t in [q, k, v, *gates.values(), *state.tensors().values()]:      # (A, S, the Omega bias' window)
             t.requires_grad_(True)

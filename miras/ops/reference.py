@@ -4,7 +4,7 @@ Per head (docs/design-space.md), with A_s the accumulator at the start of t's ch
 
     g_t = grad_W l(M_W(k_t), v_t) at W = anchor   (anchor = boundary(A_s))
     S_t = beta_t S_{t-1} - eta_t g_t              (S_t = -eta_t g_t without momentum)
-    A_t = alpha_t A_{t-1} + S_t
+    A_t = alpha_t A_{t-1} + S_t                   (toward="init": alpha_t (A_{t-1} - W0) + W0 + S_t, W0 = state.prior)
     Muon (ATLAS): S_t = beta_t S_{t-1} - g_t, A_t = alpha_t A_{t-1} + eta_t NS_k(S_t) (NS per weight matrix and head)
     W_t = boundary(A_t) at a chunk's last token, frame(A_s)(A_t) inside it (linear in A_t; the
           identity for decays; boundary(A_t) at every token with retention.boundary_at="every-token")
@@ -34,7 +34,7 @@ from ..space import MirasSpec
 from ..space import algorithm as algorithms
 from ..space.retention import uses_frame
 from .state import (MemoryState, carries_start, check_inputs, check_token_offsets, close_chunk, empty_window,
-                    initial_state, open_chunk_start, window_size)
+                    initial_state, open_chunk_start, state_prior, window_size)
 
 
 def recurrent_reference(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict[str, Tensor] | None = None,
@@ -76,7 +76,7 @@ def _online_gd(spec, q, k, v, gates, state, token_offsets=None):
 class OnlineGD:
     """The online-GD recurrence between two tokens, in the compute dtype: the accumulator A, the momentum S, the
     open chunk's anchor, offset and start accumulator (MemoryState's), its in-chunk read maps `frame` (framed
-    retentions: retention.frame(start, anchor)) and the Omega bias' window."""
+    retentions: retention.frame(start, anchor)), the Omega bias' window and the prior a decay toward W0 pulls A to."""
 
     A: dict[str, Tensor]
     S: dict[str, Tensor] | None
@@ -85,6 +85,7 @@ class OnlineGD:
     start: dict[str, Tensor] | None
     frame: dict | None
     window: dict[str, Tensor] | None
+    prior: dict[str, Tensor] | None = None
 
     @staticmethod
     def open(spec: MirasSpec, state: MemoryState, k: Tensor, v: Tensor) -> "OnlineGD":
@@ -100,14 +101,14 @@ class OnlineGD:
             B, _, H, d_k = k.shape
             window = state.window or empty_window(spec, B, H, d_k, v.shape[-1], dtype, k.device)
             window = {n: w.to(dtype) for n, w in window.items()}
-        return OnlineGD(A, S, state.anchor, state.offset, start, frame, window)
+        return OnlineGD(A, S, state.anchor, state.offset, start, frame, window, state_prior(spec, state, dtype))
 
     def close(self, spec: MirasSpec) -> MemoryState:
         """The MemoryState after the last token (the anchor, and the start where the spec reads one, only inside a
         chunk)."""
         inside = self.offset != 0
         return MemoryState(self.A, self.S, self.anchor if inside else None, self.offset,
-                           self.start if inside and carries_start(spec) else None, self.window)
+                           self.start if inside and carries_start(spec) else None, self.window, self.prior)
 
 
 def online_gd_token(spec: MirasSpec, run: OnlineGD, q_t: Tensor, k_t: Tensor, v_t: Tensor, gates_t: dict[str, Tensor],
@@ -151,7 +152,8 @@ def online_gd_token(spec: MirasSpec, run: OnlineGD, q_t: Tensor, k_t: Tensor, v_
     if "log_alpha" in gates_t:
         la = gates_t["log_alpha"]
         alpha = torch.exp(la)[:, :, None, :] if la.dim() == 3 else torch.exp(la)[:, :, None, None]
-        A = {n: alpha * A[n] + step[n] for n in A}
+        P = run.prior
+        A = {n: alpha * A[n] + step[n] if P is None else alpha * (A[n] - P[n]) + P[n] + step[n] for n in A}
     else:
         A = {n: A[n] + step[n] for n in A}
     if weighted:

@@ -10,7 +10,7 @@ from ..space import MirasSpec
 from ..errors import require
 from ..space.memory import NonParametric
 from ..space.registry import GATES
-from ..space.retention import uses_frame
+from ..space.retention import decays_toward_prior, uses_frame
 
 
 @dataclass
@@ -28,6 +28,8 @@ class MemoryState:
     window: the Omega bias' last c - 1 tokens before the next one (c = bias.window > 1), "k" [B, H, c-1, d_k],
         "v" [B, H, c-1, d_v], "gamma" [B, H, c-1], oldest first: zeros with gamma = 0 before a stream's first token
         (they add nothing); None otherwise (for the Omega bias: no token before, a fresh start).
+    prior: the initial state W0 that a retention with toward="init" decays A toward (`decays_toward_prior`), same
+        shapes as A; None otherwise. It is constant along a stream and is carried so that every call sees it.
     """
 
     A: dict[str, Tensor]
@@ -36,13 +38,15 @@ class MemoryState:
     offset: int = 0
     start: dict[str, Tensor] | None = None
     window: dict[str, Tensor] | None = None
+    prior: dict[str, Tensor] | None = None
 
     def tensors(self) -> dict[str, Tensor]:
         """Flat name -> tensor view (for comparisons and saving)."""
         return {f"{prefix}.{n}": t for prefix, group in self.groups().items() for n, t in (group or {}).items()}
 
     def groups(self) -> dict[str, dict[str, Tensor] | None]:
-        return {"A": self.A, "S": self.S, "anchor": self.anchor, "start": self.start, "window": self.window}
+        return {"A": self.A, "S": self.S, "anchor": self.anchor, "start": self.start, "window": self.window,
+                "prior": self.prior}
 
     def rows(self, index: Tensor) -> "MemoryState":
         """The batch rows `index` (int64 [n]) of every tensor."""
@@ -67,8 +71,7 @@ class MemoryState:
             if group is None:
                 return None
             return {n: torch.cat([s.groups()[name][n] for s in states])[order.to(group[n].device)] for n in group}
-        return MemoryState(**{name: cat(name) for name in ("A", "S", "anchor", "start", "window")},
-                           offset=states[0].offset)
+        return MemoryState(**{name: cat(name) for name in states[0].groups()}, offset=states[0].offset)
 
 
 def _flat_parts(rows: Tensor, state) -> list[tuple[Tensor, MemoryState]]:
@@ -105,7 +108,7 @@ def initial_state(spec: MirasSpec, batch: int, W0: dict[str, Tensor] | None = No
                   d_k: int | None = None, d_v: int | None = None, dtype=torch.float32, device=None) -> MemoryState:
     """The state before the first token: W0 ([H, out, in] or [B, H, out, in]) broadcast over the batch,
     zero momentum, and for the Omega bias an empty window (zeros, gamma = 0). Without W0 a matrix memory starts at
-    zero (heads, d_k, d_v needed)."""
+    zero (heads, d_k, d_v needed). A retention that decays toward the initial state keeps W0 as the state's prior."""
     if isinstance(spec.memory, NonParametric):
         shape = (batch, heads, 0)
         return MemoryState({"k": torch.zeros(*shape, d_k, dtype=dtype, device=device),
@@ -119,7 +122,8 @@ def initial_state(spec: MirasSpec, batch: int, W0: dict[str, Tensor] | None = No
     S = {n: torch.zeros_like(a) for n, a in A.items()} if spec.algorithm.momentum else None
     first, last = A[spec.memory.layers[0]], A[spec.memory.layers[-1]]
     return MemoryState(A, S, window=empty_window(spec, batch, first.shape[1], first.shape[-1], last.shape[-2],
-                                                 first.dtype, first.device))
+                                                 first.dtype, first.device),
+                       prior=dict(A) if decays_toward_prior(spec.retention) else None)
 
 
 def window_size(spec: MirasSpec) -> int:
@@ -151,6 +155,17 @@ def close_chunk(spec: MirasSpec, start: dict[str, Tensor], A: dict[str, Tensor],
     W = {n: start[n] + end * step[n] for n in A}
     project = getattr(spec.retention, "project", None)
     return W if project is None else project(W, start)
+
+
+def state_prior(spec: MirasSpec, state: MemoryState, dtype: torch.dtype) -> dict[str, Tensor] | None:
+    """The prior W0 in dtype for a retention that decays toward it (None otherwise); a clear error when the state
+    lacks it."""
+    if not decays_toward_prior(spec.retention):
+        return None
+    require(state.prior is not None, "state.prior", None,
+            f"the initial state W0 that {spec.retention.describe()!r} decays toward",
+            "start from initial_state(spec, batch, W0) (the layer's W0), or continue from the state a call returned")
+    return {n: p.to(dtype) for n, p in state.prior.items()}
 
 
 def open_chunk_start(spec: MirasSpec, state: MemoryState, dtype: torch.dtype) -> dict[str, Tensor] | None:

@@ -28,11 +28,15 @@ class Preset:
     paper: str
     persistent_tokens: int = 0   # the default of MirasConfig.persistent_tokens for this preset
     ttt_base_lr: float | None = None  # TTT's eta_base: the memory layer's step eta_base sigmoid(.) (unit keys)
+    lr_max: float | None = None  # the memory layer's bound on the inner step, eta = lr_max sigmoid(.) (None: its own)
 
 
 # Titans' persistent memory: N_p learnable tokens before every sequence (MAC / MAG / MAL). The paper gives no N_p
 # for its experiments; 4 is our default (docs/design-space.md).
 TITANS_PERSISTENT_TOKENS = 4
+# Moneta's bound on the inner step: the cubic bias' curvature (6 |r| per coordinate, against L2's 2) makes the layer's
+# default 0.1 a chaotic map past a few hundred tokens (docs/design-space.md, with the measurement).
+MONETA_LR_MAX = 0.01
 
 
 _REGISTRY: dict[str, Callable[[], Preset]] = {}
@@ -109,12 +113,13 @@ def titans_lmm():
     return MirasSpec(deep_memory(), L2(), Decay(), Momentum(), chunk_size=16)
 
 
-@_preset("moneta", "memory", "Behrouz et al. 2025 (MIRAS)")
+@_preset("moneta", "memory", "Behrouz et al. 2025 (MIRAS)", lr_max=MONETA_LR_MAX)
 def moneta():
-    """A_t = alpha_t A_{t-1} - eta_t grad ||M(k_t) - v_t||_3^3; W_t = r A_t / ||A_t||_4 at a chunk's last token,
-    r A_t / ||A_s||_4 inside it (s = chunk start; ||W||_4 = r, the initialization's 4-norm; MIRAS Eq. 24's
-    A_t / ||A_t||_4^2 is form="paper", radius=1); eta_t in R^d, one step per output channel (MIRAS section 5.4)"""
-    retention = LqNormalization(q=4.0, form="sphere", radius="init")
+    """A_t = alpha_t (A_{t-1} - W0) + W0 - eta_t grad ||M(k_t) - v_t||_3^3; W_t = r A_t / ||A_t||_4 at a chunk's last
+    token, r A_t / ||A_s||_4 inside it (s = chunk start; ||W||_4 = r, the initialization's 4-norm; MIRAS Eq. 24's
+    A_t / ||A_t||_4^2 is form="paper", radius=1); the decay forgets toward the learned initial state W0; eta_t in R^d,
+    one step per output channel (MIRAS section 5.4), eta_t <= 0.01"""
+    retention = LqNormalization(q=4.0, form="sphere", radius="init", toward="init")
     return MirasSpec(deep_memory(), Lp(p=3.0), retention, GD(channel_lr=True), chunk_size=16)
 
 
@@ -140,7 +145,8 @@ for _name, _base, _block in [("titans-mac", "titans-lmm", "titans-mac"), ("titan
                              ("yaad-h", "yaad", "memory+swa"), ("memora-h", "memora", "memory+swa")]:
     _REGISTRY[_name] = (lambda base=_base, name=_name, block=_block: Preset(
         name, _REGISTRY[base]().spec, block, _REGISTRY[base]().equation + f" ; block: {block}",
-        _REGISTRY[base]().paper, TITANS_PERSISTENT_TOKENS if block.startswith("titans") else 0))
+        _REGISTRY[base]().paper, TITANS_PERSISTENT_TOKENS if block.startswith("titans") else 0,
+        lr_max=_REGISTRY[base]().lr_max))
 
 
 # The frontier (SPEC section 7): newer points of the same space.

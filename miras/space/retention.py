@@ -37,11 +37,23 @@ LOG_ALPHA = gate(Gate("log_alpha", "log of the retention alpha_t (per head, or p
 SOFTMAX_SCALES = ("n_in", "sqrt_n_in")   # KLSoftmax.scale by name: c = row length, c = sqrt(row length)
 LQ_FORMS = ("paper", "sphere")          # LqNormalization.form: W = A / (||A||_q / r)^(q-2), W = r A / ||A||_q
 LQ_RADII = ("init",)                    # LqNormalization.radius by name: the memory's initialization scale
+TOWARD = ("zero", "init")               # what a decay forgets toward: 0, or the initial state W0 (the prior)
 
 
 def _check_rule(rule: str) -> None:
     require(rule in BOUNDARY_RULES, "retention.boundary_at", rule, f"one of {BOUNDARY_RULES}",
             "'chunk-end' is the MIRAS parallel rule (the presets); 'every-token' maps every token's accumulator")
+
+
+def _check_toward(toward: str) -> None:
+    require(toward in TOWARD, "retention.toward", toward, f"one of {TOWARD}",
+            "'zero' decays A toward 0 (the papers' L2 retention); 'init' toward the layer's initial state W0")
+
+
+def decays_toward_prior(retention) -> bool:
+    """True when the decay pulls A toward the initial state W0 (MemoryState.prior) instead of 0:
+    A_t = alpha_t (A_{t-1} - W0) + W0 + S_t, the L2 retention ||W - W0||^2 centred at the prior."""
+    return getattr(retention, "toward", "zero") == "init"
 
 
 def uses_frame(retention) -> bool:
@@ -124,18 +136,28 @@ class Decay:
 
     per_channel: alpha has one value per key channel (GLA), matrix memory only.
     data_dependent: False means the layer feeds a constant (RetNet), True a gate of x_t.
+    toward: "zero" (the papers' decay) or "init": A_t = alpha_t (A_{t-1} - W0) + W0 + S_t, forgetting toward the
+      layer's learned initial state W0 (MemoryState.prior) instead of 0 (`decays_toward_prior`).
     """
 
     per_channel: bool = False
     data_dependent: bool = True
+    toward: str = "zero"
     name: str = field(default="decay", init=False)
     gates = ("log_alpha",)
     decays: bool = field(default=True, init=False)
     identity_boundary: bool = field(default=True, init=False)
 
+    def __post_init__(self):
+        _check_toward(self.toward)
+        require(not (self.per_channel and self.toward == "init"), "retention.toward", self.toward,
+                "'zero' with per_channel=True (the per-channel decays run on the exact matrix ops)",
+                "set per_channel=False or toward='zero'")
+
     def describe(self) -> str:
         kind = "per-channel" if self.per_channel else "scalar"
-        return f"{kind} decay" + ("" if self.data_dependent else " (constant)")
+        return (f"{kind} decay" + ("" if self.data_dependent else " (constant)")
+                + (" toward W0" if self.toward == "init" else ""))
 
     def boundary(self, A: dict[str, Tensor]) -> dict[str, Tensor]:
         return A
@@ -155,6 +177,10 @@ class LqNormalization:
     ||A||_q^q is computed as sum (A^2 + eps)^(q/2), so the map is smooth at A = 0. Inside a chunk the normalizer is
     frozen at the chunk start (W_t = c_s A_t, c_s = c(A_s)); the normalized state at the chunk's last token is the
     next chunk's anchor (MIRAS section 5.4).
+    toward: what the decay of A forgets toward, "zero" (A_t = alpha_t A_{t-1} + S_t) or "init"
+    (A_t = alpha_t (A_{t-1} - W0) + W0 + S_t, the layer's initial state W0; `decays_toward_prior`). On the sphere
+    with "zero", A's norm settles where the decay balances the steps, so its size follows eta and the direction moves
+    at a rate set by alpha alone; with "init" A stays on W0's scale and eta sets the step (docs/design-space.md).
     """
 
     q: float = 4.0
@@ -162,6 +188,7 @@ class LqNormalization:
     boundary_at: str = "chunk-end"
     form: str = "sphere"
     radius: float | str = "init"
+    toward: str = "zero"
     name: str = field(default="lq", init=False)
     gates = ("log_alpha",)
     decays: bool = field(default=True, init=False)
@@ -172,6 +199,7 @@ class LqNormalization:
         require(isinstance(self.q, (int, float)) and not isinstance(self.q, bool) and 2.0 <= self.q < float("inf"),
                 "retention.q", self.q, "q >= 2", "Moneta uses q = 4; q = 2 with form='paper' is plain decay")
         _check_rule(self.boundary_at)
+        _check_toward(self.toward)
         require(self.form in LQ_FORMS, "retention.form", self.form, f"one of {LQ_FORMS}",
                 "'sphere' keeps ||W||_q = radius (the moneta preset); 'paper' is W = A / (||A||_q / radius)^(q-2)")
         require(self.radius in LQ_RADII or (isinstance(self.radius, (int, float)) and not isinstance(self.radius, bool)
@@ -190,7 +218,8 @@ class LqNormalization:
             kind = f"L{self.q:g} sphere (||W||_q = {self.radius})"
         else:
             kind = f"L{self.q:g} normalization" + ("" if self.radius == 1.0 else f" (r = {self.radius})")
-        return kind + " + decay" + ("" if self.boundary_at == "chunk-end" else " (every token)")
+        return (kind + " + decay" + (" toward W0" if self.toward == "init" else "")
+                + ("" if self.boundary_at == "chunk-end" else " (every token)"))
 
     def r(self, n_out: int, n_in: int) -> float:
         """The radius r for an [n_out, n_in] weight matrix."""

@@ -77,6 +77,10 @@ class MirasSpec:
             require(isinstance(r, retentions.NoRetention), "retention", r.name,
                     "'none' with memory.norm_affine (a decay or boundary would move the LayerNorm's gain and shift)",
                     "use norm_affine=False with a retention gate")
+        if retentions.decays_toward_prior(r):
+            require(type(a) in (algorithms.GD, algorithms.Momentum), "retention.toward", "init",
+                    f"'zero' with the {a.name!r} algorithm ('init' runs on the mini-batch GD / momentum engine)",
+                    "use GD() or Momentum(), or toward='zero'")
         if getattr(r, "per_channel", False):
             require(m.is_matrix, "retention.per_channel", True, "only with a matrix memory",
                     "use a scalar decay for deep memories")

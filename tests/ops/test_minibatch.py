@@ -32,6 +32,13 @@ SPECS.update({
                                                KLSoftmax(in_chunk="identity"), GD()),
     "mlp2+huber-coord+kl-every-token": MirasSpec(MLPMemory(depth=2, expansion=2), Huber(form="coord"),
                                                  KLSoftmax(boundary_at="every-token"), GD()),
+    # decays toward the initial state W0 (MemoryState.prior): framed (Lq, chunk ends), every token, identity boundary
+    "moneta-toward-init": MirasSpec(MLPMemory(depth=2, expansion=2), Lp(p=3.0), LqNormalization(toward="init"),
+                                    GD(channel_lr=True)),
+    "matrix+lp+lq-every-token-toward-init": MirasSpec(matrix(), Lp(p=2.5), LqNormalization(
+        q=3.0, boundary_at="every-token", toward="init"), Momentum()),
+    "mlp2+l2+decay-toward-init+momentum": MirasSpec(MLPMemory(depth=2, expansion=2), L2(), Decay(toward="init"),
+                                                    Momentum()),
 })
 
 
@@ -40,7 +47,8 @@ def run_both(spec, seqlen, dtype=torch.float64, seed=0, grads=False, checkpoint_
     q, k, v, gates, state = random_inputs(spec, batch=batch, seqlen=seqlen, heads=2, d_k=d_k, dtype=dtype, seed=seed,
                                           requires_grad=grads)
     leaves = {"q": q, "k": k, "v": v, **gates, **{f"A.{n}": a for n, a in state.A.items()},
-              **{f"S.{n}": s for n, s in (state.S or {}).items()}}
+              **{f"S.{n}": s for n, s in (state.S or {}).items()},
+              **{f"prior.{n}": p for n, p in (state.prior or {}).items()}}
     results = []
     for fn in fns or (recurrent_reference, lambda *a: chunk_minibatch(*a, checkpoint_chunks=checkpoint_chunks)):
         y, final = fn(spec, q, k, v, gates, state)
@@ -132,7 +140,7 @@ def test_continuing_a_reference_state_left_mid_chunk_equals_the_reference(name):
     carried = {key: t.clone().requires_grad_() for key, t in mid.tensors().items()}
     def group(prefix):
         return {n.split(".", 1)[1]: t for n, t in carried.items() if n.startswith(prefix)} or None
-    start = MemoryState(group("A."), group("S."), group("anchor."), mid.offset, group("start."))
+    start = MemoryState(group("A."), group("S."), group("anchor."), mid.offset, group("start."), prior=group("prior."))
     tail = {n: g[:, 5:] for n, g in gates.items()}
     results = []
     for fn in (recurrent_reference, chunk_minibatch):

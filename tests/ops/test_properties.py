@@ -117,7 +117,7 @@ def _cast(dtype, q, k, v, gates, state):
     c = lambda x: x.detach().to(dtype).requires_grad_(True)          # noqa: E731
     group = lambda g: None if g is None else {n: c(x) for n, x in g.items()}  # noqa: E731
     return c(q), c(k), c(v), group(gates), MemoryState(group(state.A), group(state.S), group(state.anchor),
-                                                         state.offset, group(state.start))
+                                                         state.offset, group(state.start), prior=group(state.prior))
 
 
 def _leaves(q, k, v, gates, state) -> dict:

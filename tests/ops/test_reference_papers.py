@@ -32,12 +32,13 @@ def in_chunk_weights(retention, A, start):
 
 
 def paper_loop(spec, q, k, v, gates, state):
-    """Per token: g = autograd grad of the loss at the chunk-start memory; S = beta S - eta g; A = alpha A + S;
+    """Per token: g = autograd grad of the loss at the chunk-start memory; S = beta S - eta g; A = alpha A + S
+    (A = W0 + alpha (A - W0) + S for a retention toward the initial state W0, the state's prior);
     y = M_{W_t}(q) with W_t = boundary(A) at a chunk's last token, `in_chunk_weights` before it; with TTT's token
     weights (its code: token_idx = 1/i) W_t = A_s + (A_t - A_s) / i at the chunk's i-th token, A = W_t at its last.
     q, k, v [B, T, H, d]; state: MemoryState with A (and S)."""
     memory, bias, boundary = spec.memory, spec.bias, spec.retention.boundary
-    A = dict(state.A)
+    A, W0 = dict(state.A), state.prior
     S = dict(state.S) if state.S is not None else None
     ys = []
     for t in range(q.shape[1]):
@@ -60,7 +61,10 @@ def paper_loop(spec, q, k, v, gates, state):
         if S is not None:
             S = step = {n: gates["beta"][:, t, :, None, None] * S[n] + step[n] for n in A}
         alpha = gates["log_alpha"][:, t, :, None, None].exp() if "log_alpha" in gates else 1.0
-        A = {n: alpha * A[n] + step[n] for n in A}
+        if getattr(spec.retention, "toward", "zero") == "init":     # forgetting toward the initial state W0
+            A = {n: W0[n] + alpha * (A[n] - W0[n]) + step[n] for n in A}
+        else:
+            A = {n: alpha * A[n] + step[n] for n in A}
         last = (t + 1) % spec.chunk_size == 0
         if getattr(spec.algorithm, "token_weights", False):
             i = t % spec.chunk_size + 1

@@ -38,7 +38,7 @@ from ...space.retention import InChunkMap, uses_frame
 from ..segsum import segprod, segsum
 from . import linear_ln, mlp2
 from ..state import (MemoryState, check_inputs, check_token_offsets, close_chunk, empty_window, open_chunk_start,
-                     window_size)
+                     state_prior, window_size)
 
 READ_GROUP_BYTES = 16 * 2 ** 20  # chunk-start states stacked for one batched read (kept for backward)
 # Muon: momenta per checkpointed piece of a chunk (backward recomputes them and NS). Large pieces: tensors above
@@ -136,13 +136,16 @@ def _dual_linear(co: Coefficients, A0, S0, factors):
     return linear
 
 
-def _token_linear(spec: MirasSpec, co: Coefficients, A0, S0, factors):
-    """W_t h_t with W_t = boundary(A_t) formed for every token of the chunk (non-identity boundaries)."""
+def _token_linear(spec: MirasSpec, co: Coefficients, A0, S0, factors, prior=None):
+    """W_t h_t with W_t = boundary(A_t) formed for every token of the chunk (non-identity boundaries); with a prior,
+    A0 is the chunk start's A - prior and the prior is added back to every A_t."""
     A_t = {}
     for name, (d, a) in factors.items():
         A_t[name] = co.decay[..., None, None] * A0[name].unsqueeze(2) - torch.einsum("bhtr,bhro,bhri->bhtoi", co.C, d, a)
         if S0 is not None:
             A_t[name] = A_t[name] + co.m[..., None, None] * S0[name].unsqueeze(2)
+        if prior is not None:
+            A_t[name] = A_t[name] + prior[name].unsqueeze(2)
     W_t = spec.retention.boundary(A_t)
     return lambda name, h: torch.einsum("bhtoi,bhti->bhto", W_t[name], h)
 
@@ -199,6 +202,15 @@ def _stack(ts: list[Tensor]) -> Tensor:
     return torch.stack(ts, dim=2).flatten(1, 2)
 
 
+def _with_prior(linear, prior):
+    """A_t h = (A_t - P) h + P h: the dual form runs on the accumulator's offset from the prior P (a decay toward W0
+    is a plain decay of A - P)."""
+    def shifted(name: str, h: Tensor) -> Tensor:
+        z = linear(name, h)
+        return torch.baddbmm(z.flatten(0, 1), h.flatten(0, 1), prior[name].flatten(0, 1).transpose(-1, -2)).view_as(z)
+    return shifted
+
+
 def _framed_linear(linear, frame):
     """W_t h with W_t = anchor + scale * (A_t - start) C (a retention's in-chunk map, `InChunkMap`): the dual form
     on C h, minus start (C h), scaled, plus anchor h."""
@@ -217,13 +229,14 @@ def _framed_linear(linear, frame):
 
 
 def _read_group(spec: MirasSpec, reads: list[tuple]) -> Tensor:
-    """The outputs of G chunks of equal length, each (q, Coefficients, A, S, factors, frame, last) at its start,
-    by one dual-form read with the chunks folded into the head axis: -> [B, H, G * n, d_v]. frame: the
+    """The outputs of G chunks of equal length, each (q, Coefficients, A, S, factors, frame, last, prior) at its
+    start, by one dual-form read with the chunks folded into the head axis: -> [B, H, G * n, d_v]. A: the chunk
+    start's accumulator, or its offset A - prior from the prior (a decay toward W0; else prior is None). frame: the
     retention's in-chunk maps (None for an identity boundary); last: the read of a chunk's last token with the
     boundary-mapped weights, replacing the in-chunk read there (None for chunks that stay open). When every
     frame's start is its chunk's A_0 (chunks that begin at a boundary), (A_t - A_s) h folds into the dual form's
     first term: (decay_t - 1) A_0 h."""
-    q, co, A, S, factors, frames, lasts = zip(*reads)
+    q, co, A, S, factors, frames, lasts, priors = zip(*reads)
     fold = frames[0] is not None and all(f[n].start is a[n] for f, a in zip(frames, A) for n in a)
     co = Coefficients(**{f: None if getattr(co[0], f) is None else _stack([getattr(c, f) for c in co])
                          for f in vars(co[0])})
@@ -234,6 +247,8 @@ def _read_group(spec: MirasSpec, reads: list[tuple]) -> Tensor:
     factors = {name: (_stack([f[name][0] for f in factors]), _stack([f[name][1] for f in factors]))
                for name in factors[0]}
     linear = _dual_linear(co, A, S, factors)
+    if priors[0] is not None:
+        linear = _with_prior(linear, {name: _stack([p[name] for p in priors]) for name in priors[0]})
     if frames[0] is not None:
         def stacked(values):
             return _stack(list(values)) if isinstance(values[0], Tensor) else values[0]
@@ -250,13 +265,14 @@ def _read_group(spec: MirasSpec, reads: list[tuple]) -> Tensor:
                       for y_g, last in zip(y.unbind(2), lasts)], dim=2)
 
 
-def _chunks(spec, chunks, A, S, anchor, start):
+def _chunks(spec, chunks, A, S, anchor, start, prior=None):
     """Runs consecutive chunks, each (q, k, v, gates, Coefficients, tokens already in the chunk, weights) with
     [B, H, n, ...] tensors; weights: (read weights, end weight) of GD's weighted reads (TTT, LaCT), else None.
     Only the state passing is sequential: the reads of up to READ_GROUP_BYTES of chunk-start states are done together
     after it (`_read_group`), except with a boundary mapped at every
     token (per-token weights, `_token_linear`). anchor: the open chunk's anchor (or the next chunk's, when
-    already known); start: the open chunk's start accumulator (retentions read through `frame`)."""
+    already known); start: the open chunk's start accumulator (retentions read through `frame`); prior: the W0 a
+    decay toward the initial state pulls A to (the decay then runs on A - prior, `_with_prior`), else None."""
     memory, bias, retention = spec.memory, spec.bias, spec.retention
     framed, muon = uses_frame(retention), isinstance(spec.algorithm, Muon)
     state_bytes = sum(a.numel() * a.element_size() for a in A.values()) * (1 if S is None else 2)
@@ -283,10 +299,12 @@ def _chunks(spec, chunks, A, S, anchor, start):
             factors = memory.backward_factors(anchor, k, lambda pred: gates["lr"] * bias.grad(pred, v, own))
         else:
             factors = memory.backward_factors(anchor, k, lambda pred: bias.grad(pred, v, own))
+        A_rel = A if prior is None else {name: A[name] - prior[name] for name in A}
         if muon:
             U, S_end, A_end = _muon_states(spec, co, A, S, factors)
         else:
-            A_end, S_end = _state_at(n - 1, co, A, S, factors)
+            A_end, S_end = _state_at(n - 1, co, A_rel, S, factors)
+            A_end = A_end if prior is None else {name: A_end[name] + prior[name] for name in A_end}
         closes = before + n == spec.chunk_size
         if weights is not None and closes:
             A_end = close_chunk(spec, start, A_end, end)
@@ -304,9 +322,9 @@ def _chunks(spec, chunks, A, S, anchor, start):
                 ys.append(_read_group(spec, reads))
                 reads = []
             last = None if next_anchor is None else memory(next_anchor, q[:, :, n - 1:])
-            reads.append((q, co, A, S, factors, frame, last))
+            reads.append((q, co, A_rel, S, factors, frame, last, prior))
         else:
-            ys.append(memory.run(q, _token_linear(spec, co, A, S, factors))[0])
+            ys.append(memory.run(q, _token_linear(spec, co, A_rel, S, factors, prior))[0])
         A, S = A_end, S_end
         if closes:
             anchor, frame, start = next_anchor, next_frame, None
@@ -394,15 +412,16 @@ def _chunk_generic(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dict
     chunks = [(parts[0][i], parts[1][i], parts[2][i], {n: g[i] for n, g in gate_parts.items()}, cos[i],
                befores[i], weights[i]) for i in range(len(sizes))]
     anchor, ys = state.anchor, []
-    start = open_chunk_start(spec, state, dtype)
+    start, prior = open_chunk_start(spec, state, dtype), state_prior(spec, state, dtype)
     group = checkpoint_chunks if checkpoint_chunks > 0 else max(len(chunks), 1)
     for g0 in range(0, len(chunks), group):
         if checkpoint_chunks > 0 and torch.is_grad_enabled():
-            y, A, S, anchor, start = checkpoint(_chunks, spec, chunks[g0:g0 + group], A, S, anchor, start,
+            y, A, S, anchor, start = checkpoint(_chunks, spec, chunks[g0:g0 + group], A, S, anchor, start, prior,
                                                 use_reentrant=False)
         else:
-            y, A, S, anchor, start = _chunks(spec, chunks[g0:g0 + group], A, S, anchor, start)
+            y, A, S, anchor, start = _chunks(spec, chunks[g0:g0 + group], A, S, anchor, start, prior)
         ys.append(y)
     y = torch.cat(ys, dim=2).transpose(1, 2) if ys else v.new_zeros(v.shape).transpose(1, 2)
     offset = (state.offset + T) % b
-    return y.to(in_dtype), MemoryState(A, S, anchor if offset else None, offset, start if offset else None, window)
+    return y.to(in_dtype), MemoryState(A, S, anchor if offset else None, offset, start if offset else None, window,
+                                       prior)

@@ -30,6 +30,7 @@ from ...space import MirasSpec
 from ...space.algorithm import GD, Momentum
 from ...space.bias import L2
 from ...space.memory import MLPMemory, activation, activation_grad
+from ...space.retention import decays_toward_prior
 from ..amp import without_autocast
 from ..state import MemoryState
 from .linear_ln import _ln, _ln_back, _mT
@@ -39,12 +40,12 @@ ACTS = ("gelu", "silu", "tanh")
 
 def applies(spec: MirasSpec) -> bool:
     """True for a depth-2 MLP memory with LayerNorm and no affine (Titans' LMM), the L2 bias, GD or momentum with a
-    scalar eta, and no retention other than a scalar decay per head."""
+    scalar eta, and no retention other than a scalar decay per head (toward zero)."""
     m, a, ret = spec.memory, spec.algorithm, spec.retention
     return (isinstance(m, MLPMemory) and m.depth == 2 and m.norm and not m.norm_affine and m.activation in ACTS
             and m.features == "identity" and isinstance(spec.bias, L2)
             and ((type(a) is GD and not a.weighted and not a.muon) or type(a) is Momentum) and not a.channel_lr
-            and ret.identity_boundary and not getattr(ret, "per_channel", False)
+            and ret.identity_boundary and not getattr(ret, "per_channel", False) and not decays_toward_prior(ret)
             and set(spec.gates) <= {"lr", "log_alpha", "beta"})
 
 
