@@ -170,6 +170,8 @@ CASES: list[Case] = [
     _override("data.documents", "merge", "data.documents='merge'"),
     _override("model.spec.bias", "hubber", "spec.bias.name='hubber'", "huber"),
     _override("model.spec.retention.qq", "3", "spec.retention", "qq"),
+    _override("model.spec.retention.toward", "back", "retention.toward='back'", "'zero', 'init'"),
+    _override("model.spec.retention.toward", "init", "retention.toward='init'", "'delta' algorithm"),
     _override("model.spec.bias.form", "cubic", "spec.bias", "form"),
     _override("model.spec", "3", "spec=3"),
     _override("model.spec.algorithm", "attention", "attention"),

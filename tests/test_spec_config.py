@@ -39,7 +39,7 @@ q = 3.0
 
 def expected_spec(form="coord"):
     spec = get_preset("moneta").spec
-    return MirasSpec(spec.memory, Huber(form=form), LqNormalization(q=3.0), spec.algorithm, chunk_size=8)
+    return MirasSpec(spec.memory, Huber(form=form), LqNormalization(q=3.0, toward="init"), spec.algorithm, chunk_size=8)
 
 
 @pytest.mark.parametrize("name", list_presets())

@@ -33,7 +33,7 @@ DEFAULT_PRESETS = ("transformer", "mamba2", "gated-deltanet", "titans-lmm", "mon
 # steps in two runs). A budget in steps, not seconds, makes the result the same on a slower or busier machine;
 # the sum fits `make run` in 10-15 minutes on 2 cores. Presets not listed (and config files naming them) get
 # DEFAULT_STEPS.
-STEPS = {"transformer": 1000, "mamba2": 1500, "gated-deltanet": 1000, "titans-lmm": 600, "moneta": 900,
+STEPS = {"transformer": 1000, "mamba2": 1500, "gated-deltanet": 1000, "titans-lmm": 600, "moneta": 1100,
          "yaad": 700, "memora": 900}
 DEFAULT_STEPS = 1000
 
@@ -130,9 +130,11 @@ def run_config(c: CompareConfig, entry: str) -> RunConfig:
 
 @torch.no_grad()
 def state_floats(model, length: int, vocab: int) -> int:
-    """Floats of recurrent state (all layers) for one sequence after `length` tokens (grows for attention)."""
+    """Floats of recurrent state (all layers) for one sequence after `length` tokens (grows for attention). A
+    state's prior (the W0 a decay toward the initial state pulls to) is the layer's parameter, the same for every
+    sequence, so it is not counted."""
     _, states = model(torch.randint(0, vocab, (1, length)).to(next(model.parameters()).device))
-    return sum(t.numel() for t in flatten_tensors(states).values() if t.dim() > 0)
+    return sum(t.numel() for name, t in flatten_tensors(states).items() if t.dim() > 0 and ".prior." not in name)
 
 
 @torch.no_grad()

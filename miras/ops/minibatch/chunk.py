@@ -204,10 +204,13 @@ def _stack(ts: list[Tensor]) -> Tensor:
 
 def _with_prior(linear, prior):
     """A_t h = (A_t - P) h + P h: the dual form runs on the accumulator's offset from the prior P (a decay toward W0
-    is a plain decay of A - P)."""
+    is a plain decay of A - P). h: [B, H G, n, in], the G chunks of a read group folded into the heads (`_stack`:
+    head-major), all reading the same P [B, H, out, in]: one product over the group's G n tokens."""
     def shifted(name: str, h: Tensor) -> Tensor:
         z = linear(name, h)
-        return torch.baddbmm(z.flatten(0, 1), h.flatten(0, 1), prior[name].flatten(0, 1).transpose(-1, -2)).view_as(z)
+        p = prior[name]
+        B, H = p.shape[:2]
+        return z + (h.reshape(B, H, -1, h.shape[-1]) @ p.transpose(-1, -2)).view_as(z)
     return shifted
 
 
@@ -247,8 +250,8 @@ def _read_group(spec: MirasSpec, reads: list[tuple]) -> Tensor:
     factors = {name: (_stack([f[name][0] for f in factors]), _stack([f[name][1] for f in factors]))
                for name in factors[0]}
     linear = _dual_linear(co, A, S, factors)
-    if priors[0] is not None:
-        linear = _with_prior(linear, {name: _stack([p[name] for p in priors]) for name in priors[0]})
+    if priors[0] is not None:                                                 # (one prior per call)
+        linear = _with_prior(linear, priors[0])
     if frames[0] is not None:
         def stacked(values):
             return _stack(list(values)) if isinstance(values[0], Tensor) else values[0]
