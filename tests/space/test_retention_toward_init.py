@@ -24,7 +24,7 @@ SPECS = {"decay": MirasSpec(DEEP, L2(), Decay(toward="init"), Momentum(), chunk_
 @pytest.mark.parametrize("fn", [recurrent_reference, chunk_minibatch], ids=["reference", "chunked"])
 @pytest.mark.parametrize("name", list(SPECS))
 def test_without_steps_the_accumulator_decays_to_the_prior_in_closed_form(name, fn):
-    """eta = 0, no momentum: A_T = W0 + prod_t alpha_t (A_0 - W0) for both paths (toward zero it would be prod alpha A_0)."""
+    """eta = 0, no momentum: A_T = W0 + prod_t alpha_t (A_0 - W0) for both paths (toward zero: prod alpha A_0)."""
     spec = SPECS[name]
     q, k, v, gates, state = random_inputs(spec, seqlen=11)
     gates["lr"] = torch.zeros_like(gates["lr"])
