@@ -17,7 +17,7 @@ For each preset and length T it prints two numbers (batch 1, d_model 56, 2 heads
          differences exponentially (they are chaotic), which is what makes the gradient grow.
 --alpha sets the retention gate's value at initialization (the default is sigmoid(5) = 0.9933); --lr-max the bound
 on the inner step (the default: the preset's, else the layer's 0.1); --bias l2 and --retention decay swap one axis
-of the preset; --toward zero makes a decay toward W0 (the moneta preset's) a decay toward 0 again.
+of the preset; --toward zero / init aims the preset's decay at 0 or at the initial state W0 (moneta's).
 """
 from __future__ import annotations
 
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bias", choices=("preset", "l2"), default="preset", help="l2: the L2 bias in the preset's place")
     p.add_argument("--retention", choices=("preset", "decay"), default="preset",
                    help="decay: plain L2 decay (W = A) in the preset's place")
-    p.add_argument("--toward", choices=("preset", "zero"), default="preset",
-                   help="zero: the preset's retention decaying toward 0 instead of the initial state W0")
+    p.add_argument("--toward", choices=("preset", "zero", "init"), default="preset",
+                   help="the preset's decaying retention toward 0 or toward the initial state W0 (as moneta's)")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
     if args.threads:
@@ -95,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
             spec = dataclasses.replace(spec, bias=L2())
         if args.retention == "decay":
             spec = dataclasses.replace(spec, retention=Decay())
-        if args.toward == "zero" and hasattr(spec.retention, "toward"):
-            spec = dataclasses.replace(spec, retention=dataclasses.replace(spec.retention, toward="zero"))
+        if args.toward != "preset":
+            if not hasattr(spec.retention, "toward"):
+                p.error(f"--toward: preset {name}'s retention {spec.retention.name!r} has no decay to aim")
+            spec = dataclasses.replace(spec, retention=dataclasses.replace(spec.retention, toward=args.toward))
         if alphas != [None] and "log_alpha" not in spec.gates:
             p.error(f"--alpha: preset {name} has no decaying retention gate")
         specs[name] = spec, preset.lr_max

@@ -262,11 +262,14 @@ class KLSoftmax:
     in_chunk="jacobian": J(D) = c (D - rowmean D) / in, the Jacobian of c softmax at a uniform row (rows keep
     summing to c), or in_chunk="identity": J(D) = D (the paper's literal linear form, badly scaled:
     logits added to probabilities). The softmax is applied at every chunk's last token.
+    toward: what the decay of the logits forgets toward, "zero" (the uniform rows) or "init" (the initial state's
+    logits W0: A_t = alpha_t (A_{t-1} - W0) + W0 + S_t; `decays_toward_prior`).
     """
 
     in_chunk: str = "jacobian"
     boundary_at: str = "chunk-end"
     scale: float | str = 1.0
+    toward: str = "zero"
     name: str = field(default="kl", init=False)
     gates = ("log_alpha",)
     decays: bool = field(default=True, init=False)
@@ -277,6 +280,7 @@ class KLSoftmax:
         require(self.in_chunk in ("jacobian", "identity"), "retention.in_chunk", self.in_chunk,
                 "'jacobian' or 'identity'", "'jacobian' keeps rows on the simplex's plane and is the default")
         _check_rule(self.boundary_at)
+        _check_toward(self.toward)
         require(self.boundary_at == "chunk-end" or self.in_chunk == "jacobian", "retention.in_chunk", self.in_chunk,
                 "'jacobian' (the default, unused) with boundary_at='every-token'",
                 "drop in_chunk: with every-token boundaries no in-chunk map is read")
@@ -288,7 +292,8 @@ class KLSoftmax:
     def describe(self) -> str:
         rule = f", {self.in_chunk} inside chunks" if self.boundary_at == "chunk-end" else ", every token"
         c = "" if self.scale == 1.0 else f" (c = {self.scale})"
-        return f"KL -> softmax{c} (mirror descent) + decay" + rule
+        toward = " toward W0" if self.toward == "init" else ""
+        return f"KL -> softmax{c} (mirror descent) + decay" + toward + rule
 
     def c(self, n_in: int) -> float:
         """The row sum c for rows of length n_in."""

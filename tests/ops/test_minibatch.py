@@ -39,6 +39,8 @@ SPECS.update({
         q=3.0, boundary_at="every-token", toward="init"), Momentum()),
     "mlp2+l2+decay-toward-init+momentum": MirasSpec(MLPMemory(depth=2, expansion=2), L2(), Decay(toward="init"),
                                                     Momentum()),
+    "mlp2+l2+kl-toward-init": MirasSpec(MLPMemory(depth=2, expansion=2), L2(),
+                                        KLSoftmax(scale="n_in", toward="init"), GD(channel_lr=True)),
 })
 
 

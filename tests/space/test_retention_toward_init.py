@@ -14,11 +14,12 @@ from miras.space import ConfigError, MirasSpec, get_preset
 from miras.space.algorithm import GD, Delta, Momentum, Muon
 from miras.space.bias import L2, Lp
 from miras.space.memory import MLPMemory, matrix
-from miras.space.retention import Decay, LqNormalization
+from miras.space.retention import Decay, KLSoftmax, LqNormalization
 
 DEEP = MLPMemory(depth=2, expansion=2)
 SPECS = {"decay": MirasSpec(DEEP, L2(), Decay(toward="init"), Momentum(), chunk_size=4),
-         "lq": MirasSpec(DEEP, Lp(p=3.0), LqNormalization(toward="init"), GD(), chunk_size=4)}
+         "lq": MirasSpec(DEEP, Lp(p=3.0), LqNormalization(toward="init"), GD(), chunk_size=4),
+         "kl": MirasSpec(DEEP, L2(), KLSoftmax(scale="n_in", toward="init"), GD(), chunk_size=4)}
 
 
 @pytest.mark.parametrize("fn", [recurrent_reference, chunk_minibatch], ids=["reference", "chunked"])
@@ -81,6 +82,7 @@ def test_w0_learns_through_the_prior_and_a_stream_in_pieces_equals_one_call():
 @pytest.mark.parametrize("make, match", [
     (lambda: Decay(toward="back"), "retention.toward='back'"),
     (lambda: LqNormalization(toward=None), "retention.toward=None"),
+    (lambda: KLSoftmax(toward="uniform"), "retention.toward='uniform'"),
     (lambda: Decay(per_channel=True, toward="init"), "per_channel"),
     (lambda: MirasSpec(matrix(), L2(), Decay(toward="init"), Delta()), "'delta' algorithm"),
     (lambda: MirasSpec(MLPMemory(), L2(), LqNormalization(toward="init"), Muon()), "'muon' algorithm"),
