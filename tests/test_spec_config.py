@@ -5,6 +5,7 @@ Also: the spec tables (miras/space/tables.py) round-trip every preset, partial c
 wrong axis, name or parameter is a ConfigError listing what is allowed.
 """
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,3 +120,13 @@ def test_configs_of_other_versions_load_or_name_the_version():
     with pytest.raises(ConfigError, match=r"mixture.*written by miras 9\.0\.0"):
         MirasConfig.from_dict(newer)
     assert MirasConfig.from_dict({**old, "miras_version": "0.1.0"}) == MirasConfig(preset="moneta")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    """configs/*.toml are complete run configurations: `miras train --config` and `miras compare` take them."""
+    from miras.train.config import load_run_config
+    spec = load_run_config(str(path)).model.memory_spec
+    if "toward-w0" in path.name:
+        assert spec.retention.toward == "init"
