@@ -59,7 +59,10 @@ from miras.errors import require  # noqa: E402
 VARIANTS = {  # named model variants; -conv: a depthwise convolution (kernel 4) on attention's q, k, v
     "transformer-swa": {"preset": "transformer", "layer_pattern": ["swa"]},
     "transformer-conv": {"preset": "transformer", "attention_conv": 4},
-    "transformer-swa-conv": {"preset": "transformer", "layer_pattern": ["swa"], "attention_conv": 4}}
+    "transformer-swa-conv": {"preset": "transformer", "layer_pattern": ["swa"], "attention_conv": 4},
+    # -w0: the decay aimed at the initial state W0 instead of 0, as the moneta preset's (docs/design-space.md)
+    "yaad-w0": {"preset": "yaad", "spec": {"retention": {"toward": "init"}}},
+    "memora-w0": {"preset": "memora", "spec": {"retention": {"toward": "init"}}}}
 NIAH_PRESETS = ("transformer-conv", "transformer-swa-conv", "mamba2", "gated-deltanet", "titans-lmm", "titans-mac",
                 "moneta", "yaad", "memora", "moneta-h", "yaad-h", "memora-h")
 MQAR_PRESETS = ("transformer", "transformer-conv", "mamba2", "gated-deltanet", "titans-lmm", "moneta")

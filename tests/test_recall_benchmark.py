@@ -121,3 +121,13 @@ def test_needle_mix_batches_are_pure_and_mix_the_variants():
     assert torch.equal(x, mix.batch(0)[0]) and not torch.equal(x, mix.batch(1)[0])
     labeled = [(row != -100).sum().item() for row in y]
     assert {8, 37} & set(labeled)                   # a 7-digit number or a UUID (with its leading space)
+
+
+@pytest.mark.parametrize("name, preset", [("yaad-w0", "yaad"), ("memora-w0", "memora")])
+def test_w0_variants_aim_the_presets_decay_at_the_initial_state(name, preset):
+    from miras.models import MirasConfig
+
+    def spec(entry):
+        return MirasConfig(**recall.base_model(recall.RecallConfig(), entry, 16)).memory_spec
+    assert spec(name).retention.toward == "init" and spec(preset).retention.toward == "zero"
+    assert spec(name).retention.name == spec(preset).retention.name
