@@ -40,7 +40,8 @@ q = 3.0
 
 def expected_spec(form="coord"):
     spec = get_preset("moneta").spec
-    return MirasSpec(spec.memory, Huber(form=form), LqNormalization(q=3.0, toward="init"), spec.algorithm, chunk_size=8)
+    retention = LqNormalization(q=3.0, toward="init")
+    return MirasSpec(spec.memory, Huber(form=form), retention, spec.algorithm, chunk_size=8)
 
 
 @pytest.mark.parametrize("name", list_presets())

@@ -50,6 +50,11 @@ def _check_toward(toward: str) -> None:
             "'zero' decays A toward 0 (the papers' L2 retention); 'init' toward the layer's initial state W0")
 
 
+def _toward_text(toward: str) -> str:
+    """The describe() suffix of a decay's target."""
+    return " toward W0" if toward == "init" else ""
+
+
 def decays_toward_prior(retention) -> bool:
     """True when the decay pulls A toward the initial state W0 (MemoryState.prior) instead of 0:
     A_t = alpha_t (A_{t-1} - W0) + W0 + S_t, the L2 retention ||W - W0||^2 centred at the prior."""
@@ -157,7 +162,7 @@ class Decay:
     def describe(self) -> str:
         kind = "per-channel" if self.per_channel else "scalar"
         return (f"{kind} decay" + ("" if self.data_dependent else " (constant)")
-                + (" toward W0" if self.toward == "init" else ""))
+                + _toward_text(self.toward))
 
     def boundary(self, A: dict[str, Tensor]) -> dict[str, Tensor]:
         return A
@@ -218,7 +223,7 @@ class LqNormalization:
             kind = f"L{self.q:g} sphere (||W||_q = {self.radius})"
         else:
             kind = f"L{self.q:g} normalization" + ("" if self.radius == 1.0 else f" (r = {self.radius})")
-        return (kind + " + decay" + (" toward W0" if self.toward == "init" else "")
+        return (kind + " + decay" + _toward_text(self.toward)
                 + ("" if self.boundary_at == "chunk-end" else " (every token)"))
 
     def r(self, n_out: int, n_in: int) -> float:
@@ -292,8 +297,7 @@ class KLSoftmax:
     def describe(self) -> str:
         rule = f", {self.in_chunk} inside chunks" if self.boundary_at == "chunk-end" else ", every token"
         c = "" if self.scale == 1.0 else f" (c = {self.scale})"
-        toward = " toward W0" if self.toward == "init" else ""
-        return f"KL -> softmax{c} (mirror descent) + decay" + toward + rule
+        return f"KL -> softmax{c} (mirror descent) + decay" + _toward_text(self.toward) + rule
 
     def c(self, n_in: int) -> float:
         """The row sum c for rows of length n_in."""
