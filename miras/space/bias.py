@@ -8,7 +8,9 @@ Each bias gives a per-token loss and its closed-form gradient with respect to th
     loss -> [...]         grad -> [..., d_v]
 
 `grad` is exactly d loss / d pred of the *smoothed* loss below (tests check it with autograd), so
-the loss that is reported and the gradient the memory steps on never disagree.
+the loss that is reported and the gradient the memory steps on never disagree. `grad_vjp` applies the loss'
+curvature (the derivative of `grad`) to a cotangent, for hand-written backwards: a bias' own closed form where it
+has one, autograd through `grad` otherwise.
 """
 from __future__ import annotations
 
@@ -25,6 +27,30 @@ from .registry import Gate, choice, gate
 def smooth_abs(r: Tensor, eps: float) -> Tensor:
     """sqrt(r^2 + eps): |r| with a smooth minimum."""
     return torch.sqrt(r * r + eps)
+
+
+def grad_vjp(bias, pred: Tensor, v: Tensor, gates: dict[str, Tensor] | None, d_grad: Tensor
+             ) -> tuple[Tensor, dict[str, Tensor]]:
+    """The cotangent d_grad [..., d_v] of bias.grad(pred, v, gates) taken back to pred and to the bias' gates:
+    -> (d pred, gate name -> d gate). The bias' own `grad_vjp` (a closed form) when it has one, else
+    `autograd_grad_vjp`."""
+    own = getattr(bias, "grad_vjp", None)
+    return own(pred, v, gates, d_grad) if own is not None else autograd_grad_vjp(bias, pred, v, gates, d_grad)
+
+
+def autograd_grad_vjp(bias, pred: Tensor, v: Tensor, gates: dict[str, Tensor] | None, d_grad: Tensor
+                      ) -> tuple[Tensor, dict[str, Tensor]]:
+    """`grad_vjp` by autograd through bias.grad (run under enable_grad, so it also works inside an
+    autograd.Function's backward)."""
+    with torch.enable_grad():
+        p = pred.detach().requires_grad_(True)
+        g = {n: t.detach().requires_grad_(True) for n, t in (gates or {}).items()}
+        e = bias.grad(p, v.detach(), g)
+        leaves = (p, *g.values())
+        out = (torch.autograd.grad(e, leaves, d_grad, allow_unused=True) if e.requires_grad
+               else (None,) * len(leaves))                              # (a grad that is constant in both)
+    out = [torch.zeros_like(t) if d is None else d for t, d in zip(leaves, out)]
+    return out[0], dict(zip(g, out[1:]))
 
 
 @choice("bias", "dot")
@@ -62,6 +88,10 @@ class L2:
     def grad(self, pred: Tensor, v: Tensor, gates: dict[str, Tensor] | None = None) -> Tensor:
         return 2.0 * (pred - v)
 
+    def grad_vjp(self, pred: Tensor, v: Tensor, gates: dict[str, Tensor] | None, d_grad: Tensor
+                 ) -> tuple[Tensor, dict[str, Tensor]]:
+        return 2.0 * d_grad, {}
+
 
 @choice("bias", "lp")
 @dataclass(frozen=True)
@@ -90,6 +120,13 @@ class Lp:
     def grad(self, pred: Tensor, v: Tensor, gates: dict[str, Tensor] | None = None) -> Tensor:
         r = pred - v
         return self.p * r * smooth_abs(r, self.eps).pow(self.p - 2.0)
+
+    def grad_vjp(self, pred: Tensor, v: Tensor, gates: dict[str, Tensor] | None, d_grad: Tensor
+                 ) -> tuple[Tensor, dict[str, Tensor]]:
+        """d grad / d r = p s^(p-4) ((p-1) r^2 + eps), s = sqrt(r^2 + eps), elementwise."""
+        r = pred - v
+        sq = r * r + self.eps
+        return self.p * sq.pow(self.p / 2.0 - 2.0) * (sq + (self.p - 2.0) * r * r) * d_grad, {}
 
 
 HUBER_FORMS = ("switch", "norm", "coord")
@@ -171,6 +208,21 @@ class Huber:
             return torch.where(sq <= tau * tau, 2.0 * r, 2.0 * tau * r / self._norm(r))
         d = self._delta(gates)
         return torch.where(sq <= d * d, 2.0 * r, d * r / smooth_abs(r, self.eps))
+
+    def grad_vjp(self, pred: Tensor, v: Tensor, gates: dict[str, Tensor] | None, d_grad: Tensor
+                 ) -> tuple[Tensor, dict[str, Tensor]]:
+        """form="norm" in closed form (2 d_grad below the threshold; above it 2 tau (w - u <u, w>) / n with
+        u = r / n, and d tau = 2 <u, w>); the other forms by autograd through `grad`."""
+        if self.form != "norm":
+            return autograd_grad_vjp(self, pred, v, gates, d_grad)
+        r = pred - v
+        n = self._norm(r)
+        tau = self._tau(r, gates)
+        below = r.pow(2).sum(-1, keepdim=True) <= tau * tau
+        uw = (r * d_grad).sum(-1, keepdim=True) / n
+        d_r = torch.where(below, 2.0 * d_grad, 2.0 * tau * (d_grad - r * (uw / n)) / n)
+        d_tau = torch.where(below, torch.zeros_like(uw), 2.0 * uw)
+        return d_r, {"delta": d_tau.squeeze(-1) * r.shape[-1] ** 0.5}
 
 
 @choice("bias", "robust-l2")

@@ -109,11 +109,15 @@ class _LqScale(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_c: Tensor):
         a, c = ctx.saved_tensors
-        q, gamma, k = ctx.q, ctx.gamma, ctx.k
-        power = (c if k == 1.0 else c / k).pow(-q / gamma)
-        sq = a * a + ctx.eps
-        inner = sq if q == 4.0 else sq.pow(q / 2.0 - 1.0)
-        return (-gamma * grad_c * c / power) * a * inner, None, None, None, None
+        return _lq_scale_vjp(a, c, grad_c, ctx.q, ctx.eps, ctx.gamma, ctx.k), None, None, None, None
+
+
+def _lq_scale_vjp(a: Tensor, c: Tensor, grad_c: Tensor, q: float, eps: float, gamma: float, k: float) -> Tensor:
+    """grad_c [..., 1, 1] of c = k P^(-gamma/q) taken back to a: -gamma grad_c c / P * a (a^2 + eps)^(q/2 - 1)."""
+    power = (c if k == 1.0 else c / k).pow(-q / gamma)
+    sq = a * a + eps
+    inner = sq if q == 4.0 else sq.pow(q / 2.0 - 1.0)
+    return (-gamma * grad_c * c / power) * a * inner
 
 
 @choice("retention", "none")
@@ -233,23 +237,33 @@ class LqNormalization:
             return (n_out * n_in * moment) ** (1.0 / self.q) / math.sqrt(n_in)
         return float(self.radius)
 
-    def _scale(self, a: Tensor) -> Tensor:
-        """c(a) = (r / ||a||_q)^gamma, [..., 1, 1]."""
+    def _gamma(self) -> float:
+        return self.q - 2.0 if self.form == "paper" else 1.0
+
+    def scale(self, a: Tensor) -> Tensor:
+        """c(a) = (r / ||a||_q)^gamma, [..., 1, 1] (W = c(a) a)."""
         if self._identity():
             return torch.ones_like(a[..., :1, :1])
-        gamma = self.q - 2.0 if self.form == "paper" else 1.0
+        gamma = self._gamma()
         return _LqScale.apply(a, float(self.q), self.eps, gamma, self.r(a.shape[-2], a.shape[-1]) ** gamma)
 
+    def scale_vjp(self, a: Tensor, c: Tensor, grad_c: Tensor) -> Tensor:
+        """grad_c [..., 1, 1] of c = scale(a) taken back to a (for hand-written backwards)."""
+        if self._identity():
+            return torch.zeros_like(a)
+        gamma = self._gamma()
+        return _lq_scale_vjp(a, c, grad_c, float(self.q), self.eps, gamma, self.r(a.shape[-2], a.shape[-1]) ** gamma)
+
     def boundary(self, A: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {name: a * self._scale(a) for name, a in A.items()}
+        return {name: a * self.scale(a) for name, a in A.items()}
 
     def frame(self, A: dict[str, Tensor], W: dict[str, Tensor] | None = None) -> dict[str, InChunkMap]:
         """The in-chunk maps at a chunk start A (W = boundary(A), when already computed, is not needed here)."""
-        return {name: InChunkMap(None, None, self._scale(a)) for name, a in A.items()}
+        return {name: InChunkMap(None, None, self.scale(a)) for name, a in A.items()}
 
     def boundary_frame(self, A: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, InChunkMap]]:
         """(boundary(A), frame(A)) sharing the normalizer."""
-        scale = {name: self._scale(a) for name, a in A.items()}
+        scale = {name: self.scale(a) for name, a in A.items()}
         return {n: a * scale[n] for n, a in A.items()}, {n: InChunkMap(None, None, c) for n, c in scale.items()}
 
 

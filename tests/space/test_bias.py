@@ -71,3 +71,26 @@ def test_robust_l2_is_worst_case_over_value_shifts():
 def test_invalid_bias_raises_with_field(make):
     with pytest.raises(ConfigError, match=r"bias\.\w+=.*allowed"):
         make()
+
+
+@pytest.mark.parametrize("bias", BIASES, ids=lambda b: b.describe())
+def test_grad_vjp_is_the_derivative_of_grad(bias):
+    """grad_vjp (a closed form, or autograd through grad) equals autograd's vector-Jacobian product of grad, for
+    pred and for the bias' gates."""
+    from miras.space.bias import grad_vjp
+    gen = torch.Generator().manual_seed(1)
+    pred = torch.randn(3, 5, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(3, 5, 8, generator=gen, dtype=torch.float64)
+    delta = (pred - v).detach().norm(dim=-1) * torch.linspace(0.5, 1.5, 5, dtype=torch.float64)   # both branches
+    if getattr(bias, "form", "switch") != "switch":
+        delta = delta / 8 ** 0.5
+    delta.requires_grad_(True)
+    gates = {name: delta for name in bias.gates}
+    cot = torch.randn(3, 5, 8, generator=gen, dtype=torch.float64)
+    d_pred, d_gates = grad_vjp(bias, pred.detach(), v, {n: g.detach() for n, g in gates.items()}, cot)
+    e = bias.grad(pred, v, gates)
+    auto = (torch.autograd.grad(e, (pred, *gates.values()), cot, allow_unused=True, materialize_grads=True)
+            if e.requires_grad else (torch.zeros_like(pred),))             # (the dot product's -v)
+    torch.testing.assert_close(d_pred, auto[0], rtol=1e-10, atol=1e-12)
+    for name, want in zip(gates, auto[1:]):
+        torch.testing.assert_close(d_gates[name], want, rtol=1e-10, atol=1e-12)

@@ -172,3 +172,13 @@ def test_sphere_with_q2_is_the_l2_sphere():
     W = LqNormalization(q=2.0, form="sphere", radius=1.5, eps=0.0).boundary(A)
     for n, a in A.items():
         torch.testing.assert_close(W[n], 1.5 * a / a.norm(dim=(-2, -1), keepdim=True))
+
+
+@pytest.mark.parametrize("gate", GATES, ids=lambda g: g.describe())
+def test_scale_vjp_is_the_scales_gradient(gate):
+    """scale_vjp (for hand-written backwards) equals autograd's gradient of scale."""
+    a = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64, requires_grad=True)
+    c = gate.scale(a)
+    dc = torch.randn(c.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    (want,) = torch.autograd.grad(c, a, dc)
+    torch.testing.assert_close(gate.scale_vjp(a.detach(), c.detach(), dc), want, rtol=1e-10, atol=1e-13)
