@@ -292,10 +292,10 @@ def test_bfloat16_inputs_and_autocast(name, device):
         y_amp, s_amp = memory_op(spec, *leaves, gates, state)
     grads_amp = torch.autograd.grad(_projection({"y": y_amp}), leaves)
     leaves32 = [x.clone().requires_grad_(True) for x in (q, k, v)]
-    y_ref, _ = memory_op(spec, *leaves32, gates, state)
+    y_ref, s_ref = memory_op(spec, *leaves32, gates, state)          # (with autograd: the same path as y_amp)
     grads32 = torch.autograd.grad(_projection({"y": y_ref}), leaves32)
     assert y_amp.dtype == torch.float32
-    assert rel_err(y_amp, y32) == 0 and all(rel_err(s_amp.A[n], s32.A[n]) == 0 for n in s32.A)
+    assert rel_err(y_amp, y_ref) == 0 and all(rel_err(s_amp.A[n], s_ref.A[n]) == 0 for n in s_ref.A)
     assert all(rel_err(a, b) <= 1e-6 for a, b in zip(grads_amp, grads32))
 
 

@@ -360,15 +360,16 @@ def chunk_minibatch(spec: MirasSpec, q: Tensor, k: Tensor, v: Tensor, gates: dic
     checkpoint_chunks: if > 0, recompute groups of that many chunks in backward instead of keeping
     their intermediates (activation memory O(T / group) states instead of O(T)).
     token_offsets: TTT's learned token-weight offsets [chunk_size] (GD(token_weights=True); None: zeros).
-    The specs of a memory family with a hand-written op (`FUSED`: TTT-Linear; the deep memory of Titans, Moneta and
-    Yaad) run their full chunks in it when a gradient is needed, the tokens that finish an open chunk and those after
-    the last full chunk here (and everything without autograd: the ops' forwards keep what their backwards need).
+    The specs of a memory family with a hand-written op (`FUSED`: TTT-Linear; the deep memory of Titans, Moneta, Yaad
+    and Memora) run their full chunks in it, the tokens that finish an open chunk and those after the last full chunk
+    here. An op marked TRAINING_ONLY (its forward keeps what its backward needs, and is slower than this engine's
+    without autograd) runs only when a gradient is needed.
     """
     check_inputs(spec, q, k, v, gates)
     check_token_offsets(spec, token_offsets)
     leaves = (q, k, v, *gates.values(), *state.tensors().values(), *([] if token_offsets is None else [token_offsets]))
     grads = torch.is_grad_enabled() and any(t.requires_grad for t in leaves)
-    fused = next((f for f in FUSED if f.applies(spec)), None) if grads else None
+    fused = next((f for f in FUSED if f.applies(spec) and (grads or not f.TRAINING_ONLY)), None)
     T, b = q.shape[1], spec.chunk_size
     head = min(T, (b - state.offset) % b)                  # the tokens that finish an open chunk
     end = head + (T - head) // b * b                       # the end of the last full chunk

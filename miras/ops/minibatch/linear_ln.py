@@ -33,6 +33,9 @@ from ..amp import without_autocast
 from ..state import MemoryState
 
 
+TRAINING_ONLY = False           # (its forward is faster than the generic engine's without autograd too)
+
+
 def applies(spec: MirasSpec) -> bool:
     """True for the specs this op computes: a depth-1 memory with LayerNorm (TTT-Linear), the L2 bias, no retention
     gate, plain GD with scalar eta (TTT's token weights or none; not LaCT's chunk-start reads)."""
