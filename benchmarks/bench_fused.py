@@ -61,7 +61,8 @@ def timed(step, repeats: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=DEFAULT)
     p.add_argument("--seqlen", type=int, default=2048, help="op tokens (default 2048)")
     p.add_argument("--model-seqlen", type=int, default=512, help="model tokens per row (default 512)")

@@ -125,10 +125,14 @@ class NeedleTask:
         return head + hay[:cut] + needle + hay[cut:budget] + query, len(head) + cut
 
     def build_example(self, tokenizer, generator: torch.Generator) -> tuple[list[int], list[int], int]:
-        """-> (prompt_ids: context_tokens ids, answer_ids: encode(" " + value), needle_token_position)."""
+        """-> (prompt_ids, answer_ids: encode(" " + value), needle_token_position). The prompt leaves room for the
+        answer as in training (context_tokens - len(answer) + 1 ids, so the answer's last token is predicted at
+        position context_tokens - 1), as RULER's inputs leave room for the tokens to generate: a model trained at
+        context_tokens is evaluated at the positions it was trained on."""
         key, value, depth, first = self._draw(generator)
-        prompt, position = self._prompt(tokenizer, key, value, depth, first, reserve=0)
-        return prompt, tokenizer.encode(" " + value), position
+        answer = tokenizer.encode(" " + value)
+        prompt, position = self._prompt(tokenizer, key, value, depth, first, reserve=len(answer) - 1)
+        return prompt, answer, position
 
     def eval_examples(self, tokenizer, n: int, seed: int | None = None) -> list[tuple[list[int], list[int], int]]:
         """n held-out build_example outputs from a stream training never draws (seed defaults to self.seed)."""
@@ -171,10 +175,11 @@ class NeedleTask:
         kind = self.value_kind
         head, query = tokenizer.encode(HEAD.format(kind=kind)), tokenizer.encode(QUERY.format(kind=kind, key=key))
         needle = tokenizer.encode(NEEDLE.format(kind=kind, key=key, value=value) + " ")
-        fixed = len(head) + len(needle) + len(query)
+        answer = tokenizer.encode(" " + value)
+        fixed = len(head) + len(needle) + len(query) + len(answer) - 1
         budget = self.context_tokens - fixed
         require(budget >= 0, "context_tokens", self.context_tokens,
-                f">= {fixed} tokens (template + needle + query) here")
+                f">= {fixed} tokens (template + needle + query + answer) here")
         cache: dict[int, list[int]] = {}
 
         def sentence(i: int) -> list[int]:
@@ -217,7 +222,7 @@ class NeedleTask:
             if buffer:
                 yield buffer
 
-        return pieces(), tokenizer.encode(" " + value), len(head) + cut
+        return pieces(), answer, len(head) + cut
 
 
 @dataclass

@@ -50,8 +50,9 @@ def greedy_generate_batch(model, prompts: list[list[int]], max_new_tokens: int, 
 def needle_accuracy(model, task: NeedleTask, tokenizer, n: int = 20, seed: int | None = None, batch_size: int = 1,
                     piece: int = 0) -> float:
     """Fraction of n held-out examples answered (greedy, len(answer) + 2 new tokens, scored by score_needle).
-    batch_size > 1 generates that many examples at once (greedy_generate_batch; all prompts have context_tokens
-    ids), piece > 0 reads each prompt in pieces of that many tokens."""
+    batch_size > 1 generates up to that many examples at once (greedy_generate_batch, the prompts of one length
+    together: a prompt leaves room for its answer, NeedleTask.build_example), piece > 0 reads each prompt in pieces
+    of that many tokens."""
     require(isinstance(batch_size, int) and batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
     training = model.training
     model.eval()
@@ -63,10 +64,13 @@ def needle_accuracy(model, task: NeedleTask, tokenizer, n: int = 20, seed: int |
             hits += score_needle(generated, tokenizer.decode(answer))
     else:
         for start in range(0, n, batch_size):
-            group = examples[start:start + batch_size]
-            new = max(len(answer) for _, answer, _ in group) + 2
-            outs = greedy_generate_batch(model, [prompt for prompt, _, _ in group], new, piece)
-            hits += sum(score_needle(tokenizer.decode(out[:len(answer) + 2]), tokenizer.decode(answer))
-                        for out, (_, answer, _) in zip(outs, group))
+            by_length: dict[int, list] = {}
+            for example in examples[start:start + batch_size]:
+                by_length.setdefault(len(example[0]), []).append(example)
+            for group in by_length.values():
+                new = max(len(answer) for _, answer, _ in group) + 2
+                outs = greedy_generate_batch(model, [prompt for prompt, _, _ in group], new, piece)
+                hits += sum(score_needle(tokenizer.decode(out[:len(answer) + 2]), tokenizer.decode(answer))
+                            for out, (_, answer, _) in zip(outs, group))
     model.train(training)
     return hits / n

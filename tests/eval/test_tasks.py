@@ -150,11 +150,14 @@ NEEDLE_RE = re.compile(r"One of the special magic (\w+) for ([\w-]+) is: ([\w-]+
 @pytest.mark.parametrize("tok", [ByteTok(), PairTok()], ids=["byte", "pair"])
 @pytest.mark.parametrize("kind", ["numbers", "words", "uuids"])
 @pytest.mark.parametrize("length", NIAH_LENGTHS[:3])
-def test_niah_prompt_has_exactly_context_tokens(tok, kind, length):
-    task = NeedleTask(kind, context_tokens=length, depth=0.5)
+def test_niah_prompt_and_answer_fill_exactly_context_tokens(tok, kind, length):
+    """The prompt leaves room for the answer as in training: the answer's last token is predicted at position
+    context_tokens - 1 (a training row's inputs are prompt + answer minus its last token, context_tokens ids)."""
+    task = NeedleTask(kind, context_tokens=length, depth=0.5, tokenizer=tok)
     for seed in range(3):
         prompt, answer, position = task.build_example(tok, gen(seed))
-        assert len(prompt) == length
+        assert len(prompt) + len(answer) - 1 == length
+        assert task.batch(seed)[0].shape == (1, length)
         text, value = tok.decode(prompt), tok.decode(answer)
         assert value.startswith(" ") and value.strip() == NEEDLE_RE.search(text).group(3)
         assert tok.decode(prompt[position:]).startswith(f"One of the special magic {kind} for ")
@@ -196,7 +199,7 @@ def test_niah_text_haystack_inserts_at_a_sentence_boundary():
     task = NeedleTask("words", context_tokens=1024, depth=0.4, haystack="text", documents=tuple(docs))
     prompt, answer, position = task.build_example(tok, gen(0))
     text = tok.decode(prompt)
-    assert len(prompt) == 1024 and "Document" in text and NEEDLE_RE.search(text).start() == position
+    assert len(prompt) + len(answer) - 1 == 1024 and "Document" in text and NEEDLE_RE.search(text).start() == position
     assert text[position - 2] in ".!?" and text[position - 1] == " "
     assert task.build_example(tok, gen(0)) != task.build_example(tok, gen(1))   # a random first sentence
     with pytest.raises(ConfigError):
@@ -246,8 +249,9 @@ def test_depth_grid_and_lengths():
     assert depths(5) == [0.0, 0.25, 0.5, 0.75, 1.0] and len(depths()) == 10
     assert NIAH_LENGTHS == (1024, 2048, 4096, 8192, 16384)
     for haystack, kind in RULER_SINGLE.values():
-        prompt, _, _ = NeedleTask(kind, 1024, 0.5, haystack, documents=("One. Two.",)).build_example(ByteTok(), gen(0))
-        assert len(prompt) == 1024
+        prompt, answer, _ = NeedleTask(kind, 1024, 0.5, haystack, documents=("One. Two.",)).build_example(ByteTok(),
+                                                                                                        gen(0))
+        assert len(prompt) + len(answer) - 1 == 1024
 
 
 class NeedleOracle(nn.Module):

@@ -14,12 +14,13 @@ Per head and chunk of n tokens, with the chunk's coefficients (decay_t, C[t, r],
     A'_i = decay_n (A_i - P_i) + P_i + m_n S_i - sum_r C[n, r] outer(G_i,r, a_i,r)        (a_1 = K, a_2 = H)
     S'_i = sdecay_n S_i - sum_r Cs[n, r] outer(G_i,r, a_i,r)
 
-The reads of a layer with input h (Q, then Hq) use the dual form U of (A_t - a A_s) h' without forming A_t:
+The reads of a layer with input h (Q, then Hq; a = K, then H) use the dual form U of (A_t - f A_s) h' without
+forming A_t:
 
-    U = (decay - a) (h' A^T) + (1 - decay) (h' P^T) + m (h' S^T) - (C . h' a^T) G
-    identity:  Z = U                                    (a = 0, h' = h)
-    Lq:        Z = c_s U; the last token c(A') U       (a = 0, h' = h: W_t = c_s A_t, boundary(A') at the end)
-    softmax:   Z = h W_s^T + s U; the last token h W'^T (a = 1, h' = h - mean(h), s = k / n_in: the Jacobian frame)
+    U = (decay - f) (h' A^T) + (1 - decay) (h' P^T) + m (h' S^T) - (C . h' a^T) G
+    identity:  Z = U                                    (f = 0, h' = h)
+    Lq:        Z = c_s U; the last token c(A') U       (f = 0, h' = h: W_t = c_s A_t, boundary(A') at the end)
+    softmax:   Z = h W_s^T + s U; the last token h W'^T (f = 1, h' = h - mean(h), s = k / n_in: the Jacobian frame)
 
 then Hq = act(Z1), Y = [Q +] LN(Z2). The forward loop over chunks runs only the state passing (the anchor, the
 factors, then A', S'), and the reads of every chunk run at once after it. Backward does the reads' backward for all
@@ -168,7 +169,7 @@ class Config:
 
 @dataclass
 class _Reads:
-    """One layer's read coefficients for every chunk, [P, N, n(, n)]: decay, its A_s weight (decay - a), C, m."""
+    """One layer's read coefficients for every chunk, [P, N, n(, n)]: decay, the A_s weight ad = decay - f, C, m."""
 
     decay: Tensor
     ad: Tensor
@@ -251,7 +252,7 @@ class MLP2Chunks(torch.autograd.Function):
         Z1, H, X, r, G1, G2, Pred, Gb = (torch.stack(t, 1) for t in zip(*saved))
         cs1 = cs2 = W1a = W2a = None
         if kind != "identity":
-            (W1, c1), (W2, c2) = cfg.anchor(A1), cfg.anchor(A2)                 # the end state's, read by the last token
+            (W1, c1), (W2, c2) = cfg.anchor(A1), cfg.anchor(A2)             # the end state's, read by the last token
             anchors.append((W1, W2, c1, c2))
         if kind == "lq":
             cs1, cs2 = (torch.stack([a[i].flatten() for a in anchors], 1) for i in (2, 3))     # [P, N + 1]
