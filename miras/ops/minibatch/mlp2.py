@@ -158,14 +158,6 @@ class Config:
         """The softmax's in-chunk frame scale s: k / n_in for the Jacobian frame, 1 for the identity."""
         return self.retention.c(n_in) / n_in if self.centered else 1.0
 
-    def weights(self, A: Tensor, cs: Tensor | None, Wa: Tensor | None) -> Tensor:
-        """The anchors of the chunks [P, N, out, in] from their accumulators A, Lq's normalizers cs [P, N(+1)] or the
-        stacked softmax anchors Wa [P, N(+1), out, in]."""
-        N = A.shape[1]
-        if self.kind == "lq":
-            return cs[:, :N, None, None] * A
-        return Wa[:, :N] if self.kind == "softmax" else A
-
 
 @dataclass
 class _Reads:
@@ -386,7 +378,10 @@ class MLP2Chunks(torch.autograd.Function):
             dA1, dA2 = nA1, nA2
         dZ1, dE, dR, dKe, dCl, dDl = (torch.stack(t[::-1], 1) for t in (dZ1s, dEs, dRs, dKe, dCl, dDl))
         # per-token gradients of the updates, every chunk at once
-        dK = dK + dZ1 @ cfg.weights(A1s, cs1, W1a) + dKe + (dR if cfg.residual else 0.0)
+        dKz = dZ1 @ (W1a[:, :N] if kind == "softmax" else A1s)                  # Z1 = K W1^T, W1 the anchor
+        if kind == "lq":
+            dKz = cs1[:, :N, None, None] * dKz
+        dK = dK + dKz + dKe + (dR if cfg.residual else 0.0)
         dLR = None if LR is None else Gb * dE
         dgates = [torch.stack([g[name] for g in dgs[::-1]], 1) for name in cfg.gate_names]
         dC = torch.tril(dC)
