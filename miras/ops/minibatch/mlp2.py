@@ -168,6 +168,12 @@ class _Reads:
     C: Tensor
     m: Tensor | None
 
+    @classmethod
+    def of(cls, cfg: Config, decay: Tensor, C: Tensor, m: Tensor | None) -> _Reads:
+        """From the coefficients decay, m [P, N, n] and C: f = 1 for the softmax's frame (module docstring), else 0."""
+        dec = decay.unsqueeze(-1)
+        return cls(dec, dec - 1.0 if cfg.kind == "softmax" else dec, C, None if m is None else m.unsqueeze(-1))
+
 
 def _read(co: _Reads, h: Tensor, a: Tensor, G: Tensor, As: Tensor, Ss: Tensor | None, P: Tensor | None
           ) -> tuple[Tensor, Tensor]:
@@ -251,8 +257,7 @@ class MLP2Chunks(torch.autograd.Function):
         elif kind == "softmax":
             W1a, W2a = (torch.stack([a[i] for a in anchors], 1) for i in (0, 1))            # [P, N + 1, out, in]
         # the reads of every chunk
-        dec = decay.unsqueeze(-1)
-        co = _Reads(dec, dec - 1.0 if kind == "softmax" else dec, C, None if m is None else m.unsqueeze(-1))
+        co = _Reads.of(cfg, decay, C, m)
         centered = cfg.centered
         Qc = _center(Q) if centered else Q
         U1, QK = _read(co, Qc, K, G1, A1s, S1s, P1)
@@ -275,8 +280,7 @@ class MLP2Chunks(torch.autograd.Function):
          Z1, H, X, r, G1, G2, Pred, Gb, QK, U1, Zq1, Hq, HH, U2, Xq, rq, *bgates) = ctx.saved_tensors
         cfg = ctx.cfg
         act, kind, mom, prior, N = cfg.act, cfg.kind, S1s is not None, P1 is not None, K.shape[1]
-        dec = decay.unsqueeze(-1)
-        co = _Reads(dec, dec - 1.0 if kind == "softmax" else dec, C, None if m is None else m.unsqueeze(-1))
+        co = _Reads.of(cfg, decay, C, m)
         centered = cfg.centered
         Qc = _center(Q) if centered else Q
         Hqc = _center(Hq) if centered else Hq
