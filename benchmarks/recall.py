@@ -82,7 +82,7 @@ class RecallConfig:
     window: int = 256                # sliding window of swa / hybrid attention
     train_len: int = 512
     steps: int = 5000
-    minutes: float = 5.0             # wall-clock cap of training per preset (0: none)
+    minutes: float = 10.0            # wall-clock cap of training per preset (0: none)
     batch_size: int = 16
     lr: float = 3e-3
     lengths: list[int] = field(default_factory=lambda: [512, 1024, 2048, 4096, 8192, 16384])

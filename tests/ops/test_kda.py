@@ -158,3 +158,13 @@ def test_a_scalar_decay_is_refused_with_the_shape_it_needs():
     x = _leaves(5)
     with pytest.raises(ConfigError, match=r"g\.shape=\(2, 5, 2\) is invalid: allowed \(2, 5, 2, 8\)"):
         chunk_kda(x["q"], x["k"], x["v"], x["g"][..., 0], x["beta"])
+
+
+def test_blocks_of_chunks_give_the_same_numbers(monkeypatch):
+    """The decay-weighted Gram matrices are computed (and recomputed in backward) over blocks of chunks: with blocks
+    of 3 chunk rows (the last one short), outputs, final state and every gradient equal the reference's."""
+    import miras.ops.delta.channel as channel
+    monkeypatch.setattr(channel, "GRAM_ELEMENTS", 3 * 16 * 16 * 8)
+    x = _leaves(100)
+    errs = rel_errors(_with_grads(lambda x: _chunked(x, 16), x), _with_grads(_reference, x))
+    assert max(errs.values()) <= 1e-10, errs

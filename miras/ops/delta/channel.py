@@ -15,8 +15,17 @@ state before token i's step) solve one unit-lower-triangular system (the WY / UT
 Every exponent (gamma_i - gamma_j, gamma_i, gamma_C - gamma_j) is a segment sum of the log decays summed from its
 own terms (segsum.py's masked cumsum, channels last), never a difference of two sums and never exp(+gamma): it is
 <= 0 and keeps its precision however strong the decays, and a hard reset (g = -1e9, finfo.min, even -inf) needs no
-floor: exact zeros, zero gradients. Only S passes between chunks sequentially. Plain autograd (no hand-written
-backward); D takes [C, C, K] per chunk, so memory_op runs C = 16 (dispatch.CHANNEL_CHUNK).
+floor: exact zeros, zero gradients. Only S passes between chunks sequentially.
+
+D takes [C, C, K] per chunk (memory_op runs C = 16, dispatch.CHANNEL_CHUNK). It lives only inside `_DecayedGram`,
+the pair of decay-weighted Gram matrices G^a_ij = sum_c a_ic D_ijc k_jc (a = k, q; j <= i), which is computed over
+blocks of chunks and has a hand-written backward that recomputes D per block: nothing of size [C, C, K] is saved,
+so memory and time stay linear in T. With W_ijc = sum_a dG^a_ij a_ic and Z_ijc = W_ijc D_ijc k_jc:
+
+    da_ic = sum_j dG^a_ij D_ijc k_jc  (a = k, q: k in the row role),    dk_jc += sum_i W_ijc D_ijc  (the column role)
+    dg_rc = sum_{i >= r} sum_{j < r} Z_ijc        (D_ijc = exp(g_{j+1, c} + ... + g_{i, c}) holds g_r iff j < r <= i)
+
+The rest (the triangular solve, the state loop, [C, C] and [C, K] tensors per chunk) is plain autograd.
 """
 from __future__ import annotations
 
@@ -70,12 +79,10 @@ def chunk_kda(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor | None = 
     q_, k_, v_ = chunks(q), chunks(k), chunks(v)
     b_ = chunks(beta).unsqueeze(-1) if beta is not None else v_.new_ones(B * H, N, C, 1)
     g_ = chunks(g)                                                               # [BH, N, C, K]
-    D = _segsum(g_).exp()                                                        # exp(gamma_i - gamma_j), 0 for j > i
     gamma = g_.cumsum(2)                                                         # [BH, N, C, K]
     decay_in, decay = gamma.exp(), gamma[:, :, -1].exp().unsqueeze(-1)           # exp(gamma_i), exp(gamma_C) [.., K, 1]
     to_end = F.pad(g_[:, :, 1:], (0, 0, 0, 1)).flip(2).cumsum(2).flip(2).exp()  # exp(sum_{r > j} g_r)
-    # sum_c D_ijc k_jc {k_ic, q_ic}: one batched mat-vec per row i, [C, K] @ [K, 2]
-    AP = (D * k_.unsqueeze(2)) @ torch.stack([k_, q_], -1)                       # [BH, N, C, C, 2]
+    AP = _DecayedGram.apply(g_, k_, q_)                                          # [BH, N, C, C, 2]
     A, P = AP[..., 0].tril(-1) * b_, AP[..., 1] * scale
     eye = torch.eye(C, dtype=dtype, device=q.device)
     uw = torch.linalg.solve_triangular(eye + A, torch.cat([b_ * v_, b_ * decay_in * k_], -1), upper=False,
@@ -90,3 +97,51 @@ def chunk_kda(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor | None = 
     o = P @ torch.stack(corrections, 1) + (decay_in * q_ * scale) @ torch.stack(states[:-1], 1)
     o = o.view(B, H, N * C, V)[:, :, :T].transpose(1, 2)
     return o.to(q.dtype), (states[-1].view(B, H, K, V) if output_final_state else None)
+
+
+GRAM_ELEMENTS = 1 << 20   # [C, C, K] elements per block of chunks in _DecayedGram (4 MiB in float32)
+
+
+class _DecayedGram(torch.autograd.Function):
+    """g, k, q [BH, N, C, K] -> [BH, N, C, C, 2]: sum_c D_ijc k_jc (k_ic, q_ic), D = exp(_segsum(g)) (0 for j > i),
+    over blocks of chunks; backward recomputes D per block (the module docstring's gradients)."""
+
+    @staticmethod
+    def forward(ctx, g: Tensor, k: Tensor, q: Tensor) -> Tensor:
+        ctx.save_for_backward(g, k, q)
+        out = g.new_empty(*g.shape[:-1], g.shape[-2], 2)
+        for b, (gb, kb, qb) in _blocks(g, k, q):
+            Mk = _segsum(gb).exp() * kb.unsqueeze(1)                          # D_ijc k_jc [m, C, C, K]
+            out.view(-1, *out.shape[2:])[b] = Mk @ torch.stack([kb, qb], -1)  # per row i: [C, K] @ [K, 2]
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        g, k, q = ctx.saved_tensors
+        dg, dk, dq = (x.new_empty(x.shape) for x in (g, k, q))              # contiguous, written per block
+        dout = dout.reshape(-1, *dout.shape[2:])
+        C = g.shape[-2]
+        above = torch.ones(C, C, dtype=torch.bool, device=g.device).triu(1).unsqueeze(-1)    # i < r
+        for b, (gb, kb, qb) in _blocks(g, k, q):
+            D = _segsum(gb).exp()                                             # [m, C(i), C(j), K]
+            Mk = D * kb.unsqueeze(1)
+            da = Mk.mT @ dout[b]                                              # [m, C(i), K, 2]: sum_j dG_ij D_ijc k_jc
+            dMD = (dout[b] @ torch.stack([kb, qb], -1).mT) * D                # (dG_ij . a_i)_c D_ijc
+            Z = dMD * kb.unsqueeze(1)
+            # Z summed over j < r (an exclusive prefix sum over j), then over i >= r
+            Y = F.pad(Z[:, :, :-1].cumsum(2), (0, 0, 1, 0))
+            dg.view(-1, *g.shape[2:])[b] = Y.masked_fill(above, 0).sum(1)
+            dk.view(-1, *k.shape[2:])[b] = da[..., 0] + dMD.sum(1)
+            dq.view(-1, *q.shape[2:])[b] = da[..., 1]
+        return dg, dk, dq
+
+
+def _blocks(*xs: Tensor):
+    """(row slice, the rows of each x) over the chunks of x [BH, N, C, K] flattened to [BH * N, C, K], in blocks of
+    about GRAM_ELEMENTS [C, C, K] elements."""
+    rows, C, K = xs[0].shape[0] * xs[0].shape[1], xs[0].shape[-2], xs[0].shape[-1]
+    step = max(1, GRAM_ELEMENTS // (C * C * K))
+    flat = [x.reshape(rows, C, K) for x in xs]
+    for start in range(0, rows, step):
+        b = slice(start, min(start + step, rows))
+        yield b, tuple(x[b] for x in flat)
