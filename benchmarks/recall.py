@@ -42,6 +42,7 @@ import csv
 import json
 import math
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -290,10 +291,10 @@ def run_config(c: RecallConfig, name: str, d_model: int, run_dir: Path, minutes:
                                     keep_last=1, threads=c.threads, max_minutes=minutes))
 
 
-def train_preset(c: RecallConfig, name: str, d_model: int) -> dict:
-    """Trains (or resumes, or skips) one preset; returns its train.json."""
+def train_preset(c: RecallConfig, name: str, d_model: int, params: int) -> dict:
+    """Trains (or resumes, or skips) one preset of d_model (params parameters); returns its train.json."""
     from miras.train.checkpoint import list_checkpoints
-    from miras.train.trainer import train
+    from miras.train.trainer import TrainingError, train
     folder = Path(c.out_dir) / "niah" / name
     done, run_dir = folder / "train.json", folder / "run"
     if done.is_file():
@@ -308,7 +309,16 @@ def train_preset(c: RecallConfig, name: str, d_model: int) -> dict:
     print(f"{'resume' if resume else 'train'} {name}: d_model {d_model}, {c.steps} steps, "
           f"{minutes:.2f} min cap", flush=True)
     start = time.time()
-    summary = train(run_config(c, name, d_model, run_dir, minutes), resume=resume, overwrite=not resume)
+    try:
+        summary = train(run_config(c, name, d_model, run_dir, minutes), resume=resume, overwrite=not resume)
+    except TrainingError as err:        # a diverged preset is a result: recorded, not evaluated, and the run goes on
+        step = re.search(r"at step (\d+)", str(err))
+        record = {"d_model": d_model, "steps": int(step.group(1)) if step else None, "loss": None, "val_loss": None,
+                  "parameters": params, "train_min": spent_minutes(run_dir) or (time.time() - start) / 60,
+                  "tokens_per_s": None, "diverged": str(err)}
+        write_json(done, record)
+        print(f"diverged {name}: {err}\n  recorded in {done}; to train it again, delete {folder}", flush=True)
+        return record
     record = {"d_model": d_model, "steps": summary["steps"], "loss": summary.get("loss"),
               "val_loss": summary.get("val_loss"),
               "parameters": summary["parameters"], "train_min": spent_minutes(run_dir) or (time.time() - start) / 60,
@@ -356,15 +366,21 @@ def run_niah(c: RecallConfig) -> list[dict]:
     rows, curves = [], {}
     for name in c.presets:
         d_model, params = matched(c, name)
-        record = train_preset(c, name, d_model)
-        results = evaluate_preset(c, name)
+        record = train_preset(c, name, d_model, params)
+        diverged = "diverged" in record
+        results = {} if diverged else evaluate_preset(c, name)
         row = {"preset": name, "d_model": d_model, "params": params,
                "vs_target": f"{100 * (params - c.params) / c.params:+.1f}%", "steps": record["steps"],
-               "train_min": round(record["train_min"], 1), "val_loss": round(record["val_loss"] or float("nan"), 3)}
-        row.update({f"acc@{n}": results[n]["accuracy"] for n in c.lengths})
+               "train_min": round(record["train_min"], 1),
+               "val_loss": "-" if diverged else round(record["val_loss"] or float("nan"), 3)}
+        row.update({f"acc@{n}": "-" if diverged else results[n]["accuracy"] for n in c.lengths})
         for variant in c.variants:
-            row.update({f"{variant}@{n}": sum(results[n]["by_variant"][variant]) / c.depths for n in c.lengths})
+            row.update({f"{variant}@{n}": "-" if diverged else sum(results[n]["by_variant"][variant]) / c.depths
+                        for n in c.lengths})
+        row["note"] = f"diverged at step {record['steps']}" if diverged else ""
         rows.append(row)
+        if diverged:
+            continue
         curves[name] = (c.lengths, [results[n]["accuracy"] for n in c.lengths])
         if plots_available():
             grid = [[sum(results[n]["by_variant"][v][j] for v in c.variants) / len(c.variants) for n in c.lengths]
@@ -382,7 +398,7 @@ def run_niah(c: RecallConfig) -> list[dict]:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    if plots_available():
+    if plots_available() and curves:
         line_plot(curves, out / "niah_accuracy_vs_length.png", f"S-NIAH accuracy (trained at {c.train_len})",
                   "context length", "accuracy (RULER string match)", logx=True)
     return rows
@@ -479,8 +495,9 @@ def stream_length(run_dir: str, length: int, depths_: list[float], piece: int, s
 
 def run_stream(c: RecallConfig) -> list[dict]:
     name = c.stream_preset
-    if not (Path(c.out_dir) / "niah" / name / "train.json").is_file():
-        train_preset(c, name, matched(c, name)[0])
+    if "diverged" in train_preset(c, name, *matched(c, name)):     # (skipped when trained: its train.json)
+        print(f"stream: skipped, the S-NIAH model of {name} diverged; try another --stream-preset", flush=True)
+        return []
     run_dir = Path(c.out_dir) / "niah" / name / "run"
     rows = []
     for length in c.stream_lengths:

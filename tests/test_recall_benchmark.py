@@ -69,6 +69,31 @@ def test_a_killed_training_resumes_from_its_checkpoint(tmp_path, capsys):
     assert json.loads((folder / "train.json").read_text())["steps"] == 3
 
 
+def test_a_diverged_preset_is_recorded_and_the_run_goes_on(tmp_path, capsys, monkeypatch):
+    """A preset whose training stops on a non-finite gradient gets a 'diverged at step N' row and no evaluation; the
+    presets after it are trained and evaluated, and a second invocation skips it."""
+    import miras.train.trainer as trainer
+    real_train = trainer.train
+
+    def train(cfg, **kw):
+        if "gated-deltanet" in cfg.run.out_dir:
+            raise trainer.TrainingError("non-finite gradient norm inf at step 2; the last good checkpoint is intact")
+        return real_train(cfg, **kw)
+    monkeypatch.setattr(trainer, "train", train)
+    args = ["--tiny", "--lengths", "512", "--variants", "niah_single_1", "--threads", "1", "--out-dir", str(tmp_path)]
+    assert recall.main(args) == 0
+    out = capsys.readouterr().out
+    assert "diverged gated-deltanet: non-finite gradient norm inf at step 2" in out
+    assert "eval gated-deltanet" not in out and "eval transformer-conv @ 512" in out
+    rows = {r.split(" | ")[0]: r for r in (tmp_path / "niah_table.md").read_text().splitlines() if r.startswith("| ")}
+    assert rows["| gated-deltanet"].endswith("| 2 | 0.000 | - | - | diverged at step 2 |")
+    assert rows["| transformer-conv"].endswith(" |  |")
+    assert json.loads((tmp_path / "niah" / "gated-deltanet" / "train.json").read_text())["steps"] == 2
+    assert not list(tmp_path.glob("niah/gated-deltanet/len-*.json"))
+    assert recall.main(args) == 0
+    assert capsys.readouterr().out.count("skip train") == 2
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--presets", "rnn"], "--presets='rnn' is invalid: allowed one of"),
     (["--lengths", "1024,2k"], "--lengths='1024,2k' is invalid: allowed comma-separated integers"),
