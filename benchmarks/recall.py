@@ -1,6 +1,6 @@
 """Recall over long context: S-NIAH by length and depth, MQAR by state size, and a 1M-token streamed pass key.
 
-    python benchmarks/recall.py                     # S-NIAH: 12 presets, matched parameters, 512..16K (not yet timed)
+    python benchmarks/recall.py                     # S-NIAH: 12 presets, matched parameters, 512..16K (~2 h, 2 cores)
     python benchmarks/recall.py --all               # ... plus --mqar and --stream
     python benchmarks/recall.py --quick --all --threads 1     # 3 small presets, lengths <= 2K: minutes
     python benchmarks/recall.py --tiny --all        # the CI configuration (tests/test_recall_benchmark.py): seconds
@@ -31,7 +31,9 @@ Resumable: a killed run started again with the same flags continues where it sto
 run folder's newest checkpoint (the trainer's resume; the wall-clock cap counts the minutes already spent), a
 finished model is skipped (niah/<preset>/train.json), and every evaluated length (niah/<preset>/len-<L>.json,
 stream/len-<L>.json) and MQAR model (mqar/.../done.json) is written atomically when done and skipped when present
-("skip ..." lines). Retraining a preset deletes its evaluated lengths.
+("skip ..." lines). Retraining a preset deletes its evaluated lengths. A preset whose training diverges (the
+trainer's non-finite gradient or loss) is recorded as such in its train.json, shown as "diverged at step N" in the
+table and not evaluated, and the run goes on; delete niah/<preset> to train it again.
 
 Training on the variant mixture is the trainer's own data.niah_variants (recorded in each run's config.json).
 """

@@ -90,10 +90,12 @@ def chunk_kda(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor | None = 
     u, w = uw.split([V, K], -1)                                                  # d = u - w S0
     kt = (to_end * k_).transpose(-1, -2)                                         # [BH, N, K, C]
     states, corrections = [S.reshape(B * H, K, V)], []
-    for n in range(N):
-        d = u[:, n] - w[:, n] @ states[-1]
+    # per-chunk slices by unbind: its backward stacks the slices' gradients once, where indexing x[:, n] in the loop
+    # would give every chunk a zero-filled gradient of the whole x (quadratic in T)
+    for u_n, w_n, decay_n, kt_n in zip(u.unbind(1), w.unbind(1), decay.unbind(1), kt.unbind(1)):
+        d = u_n - w_n @ states[-1]
         corrections.append(d)
-        states.append(decay[:, n] * states[-1] + kt[:, n] @ d)
+        states.append(decay_n * states[-1] + kt_n @ d)
     o = P @ torch.stack(corrections, 1) + (decay_in * q_ * scale) @ torch.stack(states[:-1], 1)
     o = o.view(B, H, N * C, V)[:, :, :T].transpose(1, 2)
     return o.to(q.dtype), (states[-1].view(B, H, K, V) if output_final_state else None)
