@@ -315,16 +315,15 @@ def train_preset(c: RecallConfig, name: str, d_model: int, params: int) -> dict:
         summary = train(run_config(c, name, d_model, run_dir, minutes), resume=resume, overwrite=not resume)
     except TrainingError as err:        # a diverged preset is a result: recorded, not evaluated, and the run goes on
         step = re.search(r"at step (\d+)", str(err))
-        record = {"d_model": d_model, "steps": int(step.group(1)) if step else None, "loss": None, "val_loss": None,
-                  "parameters": params, "train_min": spent_minutes(run_dir) or (time.time() - start) / 60,
-                  "tokens_per_s": None, "diverged": str(err)}
-        write_json(done, record)
-        print(f"diverged {name}: {err}\n  recorded in {done}; to train it again, delete {folder}", flush=True)
-        return record
+        summary = {"steps": int(step.group(1)) if step else None, "parameters": params, "diverged": str(err)}
     record = {"d_model": d_model, "steps": summary["steps"], "loss": summary.get("loss"),
               "val_loss": summary.get("val_loss"),
               "parameters": summary["parameters"], "train_min": spent_minutes(run_dir) or (time.time() - start) / 60,
               "tokens_per_s": summary.get("tokens_per_s")}
+    if "diverged" in summary:
+        record["diverged"] = summary["diverged"]
+        print(f"diverged {name}: {summary['diverged']}\n  recorded in {done}; to train it again, delete {folder}",
+              flush=True)
     write_json(done, record)
     return record
 

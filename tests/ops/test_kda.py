@@ -162,9 +162,10 @@ def test_a_scalar_decay_is_refused_with_the_shape_it_needs():
 
 def test_blocks_of_chunks_give_the_same_numbers(monkeypatch):
     """The decay-weighted Gram matrices are computed (and recomputed in backward) over blocks of chunks: with blocks
-    of 3 chunk rows (the last one short), outputs, final state and every gradient equal the reference's."""
-    import miras.ops.delta.channel as channel
-    monkeypatch.setattr(channel, "GRAM_ELEMENTS", 3 * 16 * 16 * 8)
+    of 3 chunks (7 chunks of 16: the last block short), outputs, final state and every gradient equal the
+    reference's."""
+    import miras.ops.blocks as blocks
+    monkeypatch.setattr(blocks, "MATRICES_PER_BLOCK", 3 * 4)          # batch 2 x 2 heads: 3 chunks per block
     x = _leaves(100)
     errs = rel_errors(_with_grads(lambda x: _chunked(x, 16), x), _with_grads(_reference, x))
     assert max(errs.values()) <= 1e-10, errs

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ...errors import require
 from ..amp import without_autocast
+from ..blocks import chunk_blocks
 from ..state import check_tensors
 from .chunk import _check
 
@@ -101,49 +102,36 @@ def chunk_kda(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor | None = 
     return o.to(q.dtype), (states[-1].view(B, H, K, V) if output_final_state else None)
 
 
-GRAM_ELEMENTS = 1 << 20   # [C, C, K] elements per block of chunks in _DecayedGram (4 MiB in float32)
-
-
 class _DecayedGram(torch.autograd.Function):
     """g, k, q [BH, N, C, K] -> [BH, N, C, C, 2]: sum_c D_ijc k_jc (k_ic, q_ic), D = exp(_segsum(g)) (0 for j > i),
-    over blocks of chunks; backward recomputes D per block (the module docstring's gradients)."""
+    over blocks of chunks (blocks.chunk_blocks); backward recomputes D per block (the module docstring's
+    gradients)."""
 
     @staticmethod
     def forward(ctx, g: Tensor, k: Tensor, q: Tensor) -> Tensor:
         ctx.save_for_backward(g, k, q)
-        out = g.new_empty(*g.shape[:-1], g.shape[-2], 2)
-        for b, (gb, kb, qb) in _blocks(g, k, q):
-            Mk = _segsum(gb).exp() * kb.unsqueeze(1)                          # D_ijc k_jc [m, C, C, K]
-            out.view(-1, *out.shape[2:])[b] = Mk @ torch.stack([kb, qb], -1)  # per row i: [C, K] @ [K, 2]
+        BH, N, C, _ = g.shape
+        out = g.new_empty(BH, N, C, C, 2)
+        for b in chunk_blocks(N, BH):
+            Mk = _segsum(g[:, b]).exp() * k[:, b].unsqueeze(-3)                 # D_ijc k_jc [BH, n, C, C, K]
+            out[:, b] = Mk @ torch.stack([k[:, b], q[:, b]], -1)                 # per row i: [C, K] @ [K, 2]
         return out
 
     @staticmethod
     def backward(ctx, dout: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         g, k, q = ctx.saved_tensors
-        dg, dk, dq = (x.new_empty(x.shape) for x in (g, k, q))              # contiguous, written per block
-        dout = dout.reshape(-1, *dout.shape[2:])
-        C = g.shape[-2]
+        BH, N, C, _ = g.shape
+        dg, dk, dq = (torch.empty_like(x) for x in (g, k, q))
         above = torch.ones(C, C, dtype=torch.bool, device=g.device).triu(1).unsqueeze(-1)    # i < r
-        for b, (gb, kb, qb) in _blocks(g, k, q):
-            D = _segsum(gb).exp()                                             # [m, C(i), C(j), K]
-            Mk = D * kb.unsqueeze(1)
-            da = Mk.mT @ dout[b]                                              # [m, C(i), K, 2]: sum_j dG_ij D_ijc k_jc
-            dMD = (dout[b] @ torch.stack([kb, qb], -1).mT) * D                # (dG_ij . a_i)_c D_ijc
-            Z = dMD * kb.unsqueeze(1)
+        for b in chunk_blocks(N, BH):
+            kb, db = k[:, b], dout[:, b]
+            D = _segsum(g[:, b]).exp()                                         # [BH, n, C(i), C(j), K]
+            da = (D * kb.unsqueeze(-3)).mT @ db                                # [.., C(i), K, 2]
+            dMD = (db @ torch.stack([kb, q[:, b]], -1).mT) * D                 # (dG_ij . a_i)_c D_ijc
+            Z = dMD * kb.unsqueeze(-3)
             # Z summed over j < r (an exclusive prefix sum over j), then over i >= r
-            Y = F.pad(Z[:, :, :-1].cumsum(2), (0, 0, 1, 0))
-            dg.view(-1, *g.shape[2:])[b] = Y.masked_fill(above, 0).sum(1)
-            dk.view(-1, *k.shape[2:])[b] = da[..., 0] + dMD.sum(1)
-            dq.view(-1, *q.shape[2:])[b] = da[..., 1]
+            Y = F.pad(Z[..., :-1, :].cumsum(-2), (0, 0, 1, 0))
+            dg[:, b] = Y.masked_fill(above, 0).sum(-3)
+            dk[:, b] = da[..., 0] + dMD.sum(-3)
+            dq[:, b] = da[..., 1]
         return dg, dk, dq
-
-
-def _blocks(*xs: Tensor):
-    """(row slice, the rows of each x) over the chunks of x [BH, N, C, K] flattened to [BH * N, C, K], in blocks of
-    about GRAM_ELEMENTS [C, C, K] elements."""
-    rows, C, K = xs[0].shape[0] * xs[0].shape[1], xs[0].shape[-2], xs[0].shape[-1]
-    step = max(1, GRAM_ELEMENTS // (C * C * K))
-    flat = [x.reshape(rows, C, K) for x in xs]
-    for start in range(0, rows, step):
-        b = slice(start, min(start + step, rows))
-        yield b, tuple(x[b] for x in flat)
