@@ -193,6 +193,9 @@ CASES: list[Case] = [
     _override("model.max_context", "-1", "model.max_context=-1", ">= 0"),
     _override("model.checkpoint_chunks", "-1", "model.checkpoint_chunks=-1"),
     _override("model.persistent_tokens", "-1", "persistent_tokens=-1"),
+    _override("model.lr_max", "0", "lr_max=0", "finite number > 0"),
+    case("train overrides", "model.lr_max for a TTT preset", [*FRESH, "model.preset=ttt-linear", "model.lr_max=0.1"],
+         "lr_max=0.1", "eta_base"),
     _override("model.layer_pattern", "5", "model.layer_pattern=5", "list of mixer names"),
     _override("model.layer_pattern", '"memory"', "model.layer_pattern='memory'"),
     _override("model.layer_pattern", "[]", "model.layer_pattern=[]"),
@@ -516,7 +519,7 @@ NUMERIC_KEYS = ["optim.lr", "optim.steps", "optim.batch_size", "optim.grad_accum
                 "run.max_minutes", "data.seq_len", "data.val_fraction", "model.d_model", "model.n_layers",
                 "model.heads", "model.head_dim", "model.window", "model.gate_rank", "model.d_state",
                 "model.segment", "model.chunk_size", "model.mlp_ratio", "model.norm_eps", "model.max_context",
-                "model.persistent_tokens", "model.checkpoint_chunks"]
+                "model.persistent_tokens", "model.checkpoint_chunks", "model.lr_max"]
 BAD_VALUES = ["-1", "-1e9", "1e30", "1e400", "-1e400", "NaN", "Infinity", "-Infinity", '"12"', "twelve", "[1]",
               "{}", "null", "true", "0.5", "1e-300"]
 
@@ -546,4 +549,5 @@ VALID = {   # values some keys accept: not bad inputs
     "optim.grad_accum": _HUGE_OK,   # 1e30 micro-batches per step: a (very) long run, not a bad value
     "model.head_dim": ("null",),
     "model.chunk_size": ("null",) + _HUGE_OK,
+    "model.lr_max": ("null",) + _FRACTION + _HUGE_OK,
 }

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from ..space import MirasSpec, get_preset
@@ -28,6 +29,9 @@ class MirasConfig:
         learnable tokens before the sequence. None (the default) = the preset's: 4 for titans-mac / -mag / -mal,
         0 otherwise.
     chunk_size: override of the preset's memory chunk size (None keeps it).
+    lr_max: the bound on the memory's inner step, eta_t = lr_max sigmoid(.) (None: the preset's; 1.0 for matrix
+        memories, 0.1 for deep ones, 0.01 for moneta; docs/models.md). Not for the TTT presets, whose step is
+        eta_base sigmoid(.) with TTT's own gate initialization.
     attention_conv: kernel of a depthwise causal convolution on q, k and v in the attention of the "attention",
         "swa" and hybrid mixers (Primer's; 0, the default: plain attention). It lets a 2-layer transformer learn
         recall in as few steps as the recurrent blocks with their short convolution (docs/design-space.md).
@@ -45,6 +49,7 @@ class MirasConfig:
     persistent_tokens: int | None = None
     segment: int = 64
     chunk_size: int | None = None
+    lr_max: float | None = None
     spec: dict | None = None
     attention_conv: int = 0
     gate_rank: int = 32
@@ -75,10 +80,20 @@ class MirasConfig:
         require(isinstance(self.persistent_tokens, int) and not isinstance(self.persistent_tokens, bool)
                 and self.persistent_tokens >= 0, "persistent_tokens", self.persistent_tokens,
                 "None (the preset's) or an integer >= 0")
+        require(self.lr_max is None or (isinstance(self.lr_max, (int, float)) and not isinstance(self.lr_max, bool)
+                                        and math.isfinite(self.lr_max) and self.lr_max > 0), "lr_max", self.lr_max,
+                "None (the preset's) or a finite number > 0", "e.g. lr_max=0.01")
         require(self.mlp_ratio > 0, "mlp_ratio", self.mlp_ratio, "> 0")
         for mixer in self.pattern:
             require(mixer in MIXERS, "layer_pattern", mixer, f"mixers from {MIXERS}",
                     "e.g. layer_pattern=['memory', 'memory', 'swa']")
+        if self.lr_max is not None:
+            require(preset.ttt_base_lr is None, "lr_max", self.lr_max,
+                    f"None for preset {self.preset!r}: its inner step is TTT's eta_base sigmoid(.), eta_base "
+                    f"{preset.ttt_base_lr}", "drop lr_max")
+            require(any(m in _MEMORY_MIXERS for m in self.pattern), "lr_max", self.lr_max,
+                    f"None: no layer of {self.pattern} has a memory with an inner step",
+                    f"drop lr_max, or use mixers from {_MEMORY_MIXERS}")
         self.memory_spec    # the spec's checks (unknown names, parameters, combinations) fail here
 
     @property
@@ -119,6 +134,7 @@ class MirasConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
+_MEMORY_MIXERS = ("memory", "memory+swa", "titans-mal", "titans-mag", "titans-mac")   # the mixers lr_max bounds
 _BLOCK_MIXER = {"attention": "attention", "memory": "memory", "mamba2": "mamba2", "ttt": "ttt",
                 "memory+swa": "memory+swa", "titans-mal": "titans-mal", "titans-mag": "titans-mag",
                 "titans-mac": "titans-mac"}

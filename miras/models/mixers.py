@@ -25,7 +25,7 @@ def build_mixer(config: MirasConfig, kind: str) -> nn.Module:
     def memory(persistent_tokens=0):
         return MemoryLayer(c.memory_spec, c.d_model, c.heads, head_dim=c.head_dim, gate_rank=c.gate_rank,
                            checkpoint_chunks=c.checkpoint_chunks, persistent_tokens=persistent_tokens,
-                           ttt_base_lr=preset.ttt_base_lr, lr_max=preset.lr_max)
+                           ttt_base_lr=preset.ttt_base_lr, lr_max=preset.lr_max if c.lr_max is None else c.lr_max)
 
     if kind == "attention":
         return attention(None)

@@ -79,11 +79,25 @@ def test_paper_sizes_are_within_5_percent(preset, size, target):
 @pytest.mark.parametrize("kwargs,field", [
     ({"layer_pattern": ["memory", "lstm"]}, "layer_pattern"), ({"d_model": 30, "heads": 4}, "heads"),
     ({"window": 0}, "window"), ({"segment": 0}, "segment"), ({"preset": "rwkv"}, "preset"),
-    ({"chunk_size": 0}, "chunk_size"),
+    ({"chunk_size": 0}, "chunk_size"), ({"lr_max": 0.0}, "lr_max"), ({"lr_max": float("inf")}, "lr_max"),
+    ({"preset": "ttt-linear", "lr_max": 0.1}, "lr_max"), ({"preset": "transformer", "lr_max": 0.1}, "lr_max"),
 ])
 def test_bad_config_names_field_and_allowed_values(kwargs, field):
     with pytest.raises(ConfigError, match=rf"^{field}=.*allowed"):
         MirasConfig(**{**TINY, **kwargs})
+
+
+def test_lr_max_bounds_every_memory_layers_inner_step():
+    """None: the preset's bound (0.01 for moneta, the deep memories' 0.1 for yaad); a number: that bound in every
+    memory layer, saved in the config, and a different model."""
+    steps = lambda model: {b.mixer.lr_max for b in model.blocks}  # noqa: E731
+    assert steps(tiny_model("moneta")) == {0.01} and steps(tiny_model("yaad")) == {0.1}
+    default = tiny_model("yaad")
+    bounded = tiny_model("yaad", lr_max=0.01)
+    assert steps(bounded) == {0.01}
+    assert MirasConfig.from_dict(bounded.config.to_dict()).lr_max == 0.01
+    ids = torch.randint(0, 256, (1, 40))
+    assert not torch.allclose(default(ids)[0], bounded(ids)[0], atol=1e-6)
 
 
 def test_token_ids_outside_the_vocab_raise():
