@@ -63,13 +63,11 @@ VARIANTS = {  # named model variants; -conv: a depthwise convolution (kernel 4) 
     "transformer-swa": {"preset": "transformer", "layer_pattern": ["swa"]},
     "transformer-conv": {"preset": "transformer", "attention_conv": 4},
     "transformer-swa-conv": {"preset": "transformer", "layer_pattern": ["swa"], "attention_conv": 4},
-    # -w0: the decay aimed at the initial state W0 instead of 0, as the moneta preset's (docs/design-space.md)
-    "yaad-w0": {"preset": "yaad", "spec": {"retention": {"toward": "init"}}},
-    "memora-w0": {"preset": "memora", "spec": {"retention": {"toward": "init"}}},
-    # -lr01: the inner step bounded by lr_max 0.01 (the moneta preset's) instead of the deep memories' 0.1
-    **{f"{p}-lr01": {"preset": p, "lr_max": 0.01} for p in ("titans-lmm", "titans-mac", "yaad", "memora")},
-    **{f"{p}-w0-lr01": {"preset": p, "spec": {"retention": {"toward": "init"}}, "lr_max": 0.01}
-       for p in ("yaad", "memora")}}
+    # the deep memories with Moneta's recipe, in parts (docs/results.md): -w0, the decay aimed at the initial state W0
+    # instead of 0; -lr01, the inner step bounded by lr_max 0.01 instead of 0.1; -w0-lr01, both
+    **{f"{p}{suffix}": {"preset": p, **fields} for p in ("titans-lmm", "titans-mac", "yaad", "memora")
+       for suffix, fields in (("-w0", {"spec": {"retention": {"toward": "init"}}}), ("-lr01", {"lr_max": 0.01}),
+                              ("-w0-lr01", {"spec": {"retention": {"toward": "init"}}, "lr_max": 0.01}))}}
 NIAH_PRESETS = ("transformer-conv", "transformer-swa-conv", "mamba2", "gated-deltanet", "titans-lmm", "titans-mac",
                 "moneta", "yaad", "memora", "moneta-h", "yaad-h", "memora-h")
 MQAR_PRESETS = ("transformer", "transformer-conv", "mamba2", "gated-deltanet", "titans-lmm", "moneta")

@@ -148,11 +148,17 @@ def test_needle_mix_batches_are_pure_and_mix_the_variants():
     assert {8, 37} & set(labeled)                   # a 7-digit number or a UUID (with its leading space)
 
 
-@pytest.mark.parametrize("name, preset", [("yaad-w0", "yaad"), ("memora-w0", "memora")])
-def test_w0_variants_aim_the_presets_decay_at_the_initial_state(name, preset):
+@pytest.mark.parametrize("preset", ["titans-lmm", "titans-mac", "yaad", "memora"])
+def test_recipe_variants_change_the_decay_target_and_the_step_bound_only(preset):
+    """-w0 aims the preset's decay at W0, -lr01 bounds the inner step by 0.01, -w0-lr01 does both; nothing else."""
     from miras.models import MirasConfig
 
-    def spec(entry):
-        return MirasConfig(**recall.base_model(recall.RecallConfig(), entry, 16)).memory_spec
-    assert spec(name).retention.toward == "init" and spec(preset).retention.toward == "zero"
-    assert spec(name).retention.name == spec(preset).retention.name
+    def config(entry):
+        return MirasConfig(**recall.base_model(recall.RecallConfig(), entry, 16))
+    base = config(preset)
+    assert base.memory_spec.retention.toward == "zero" and base.lr_max is None
+    for suffix, toward, lr_max in (("-w0", "init", None), ("-lr01", "zero", 0.01), ("-w0-lr01", "init", 0.01)):
+        variant = config(preset + suffix)
+        assert variant.memory_spec.retention.toward == toward and variant.lr_max == lr_max
+        assert variant.memory_spec.retention.name == base.memory_spec.retention.name
+        assert variant.pattern == base.pattern and variant.persistent_tokens == base.persistent_tokens

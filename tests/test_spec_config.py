@@ -128,6 +128,8 @@ def test_configs_of_other_versions_load_or_name_the_version():
 def test_every_shipped_config_loads(path):
     """configs/*.toml are complete run configurations: `miras train --config` and `miras compare` take them."""
     from miras.train.config import load_run_config
-    spec = load_run_config(str(path)).model.memory_spec
-    if "toward-w0" in path.name:
-        assert spec.retention.toward == "init"
+    model = load_run_config(str(path)).model
+    if "toward-w0" in path.name or "-w0-" in path.name:
+        assert model.memory_spec.retention.toward == "init"
+    if "lr01" in path.name:
+        assert model.lr_max == 0.01

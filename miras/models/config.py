@@ -134,7 +134,7 @@ class MirasConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-_MEMORY_MIXERS = ("memory", "memory+swa", "titans-mal", "titans-mag", "titans-mac")   # the mixers lr_max bounds
+_MEMORY_MIXERS = tuple(m for m in MIXERS if m not in ("attention", "swa", "mamba2"))   # the mixers lr_max bounds
 _BLOCK_MIXER = {"attention": "attention", "memory": "memory", "mamba2": "mamba2", "ttt": "ttt",
                 "memory+swa": "memory+swa", "titans-mal": "titans-mal", "titans-mag": "titans-mag",
                 "titans-mac": "titans-mac"}
