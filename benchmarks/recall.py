@@ -44,7 +44,6 @@ import csv
 import json
 import math
 import os
-import re
 import resource
 import subprocess
 import sys
@@ -59,6 +58,7 @@ import torch  # noqa: E402
 from miras.space import ConfigError, get_preset, list_presets  # noqa: E402
 from miras.errors import require  # noqa: E402
 
+_W0, _LR01 = {"spec": {"retention": {"toward": "init"}}}, {"lr_max": 0.01}
 VARIANTS = {  # named model variants; -conv: a depthwise convolution (kernel 4) on attention's q, k, v
     "transformer-swa": {"preset": "transformer", "layer_pattern": ["swa"]},
     "transformer-conv": {"preset": "transformer", "attention_conv": 4},
@@ -66,8 +66,7 @@ VARIANTS = {  # named model variants; -conv: a depthwise convolution (kernel 4) 
     # the deep memories with Moneta's recipe, in parts (docs/results.md): -w0, the decay aimed at the initial state W0
     # instead of 0; -lr01, the inner step bounded by lr_max 0.01 instead of 0.1; -w0-lr01, both
     **{f"{p}{suffix}": {"preset": p, **fields} for p in ("titans-lmm", "titans-mac", "yaad", "memora")
-       for suffix, fields in (("-w0", {"spec": {"retention": {"toward": "init"}}}), ("-lr01", {"lr_max": 0.01}),
-                              ("-w0-lr01", {"spec": {"retention": {"toward": "init"}}, "lr_max": 0.01}))}}
+       for suffix, fields in (("-w0", _W0), ("-lr01", _LR01), ("-w0-lr01", {**_W0, **_LR01}))}}
 NIAH_PRESETS = ("transformer-conv", "transformer-swa-conv", "mamba2", "gated-deltanet", "titans-lmm", "titans-mac",
                 "moneta", "yaad", "memora", "moneta-h", "yaad-h", "memora-h")
 MQAR_PRESETS = ("transformer", "transformer-conv", "mamba2", "gated-deltanet", "titans-lmm", "moneta")
@@ -316,8 +315,7 @@ def train_preset(c: RecallConfig, name: str, d_model: int, params: int) -> dict:
     try:
         summary = train(run_config(c, name, d_model, run_dir, minutes), resume=resume, overwrite=not resume)
     except TrainingError as err:        # a diverged preset is a result: recorded, not evaluated, and the run goes on
-        step = re.search(r"at step (\d+)", str(err))
-        summary = {"steps": int(step.group(1)) if step else None, "parameters": params, "diverged": str(err)}
+        summary = {"steps": err.step, "parameters": params, "diverged": str(err)}
     record = {"d_model": d_model, "steps": summary["steps"], "loss": summary.get("loss"),
               "val_loss": summary.get("val_loss"),
               "parameters": summary["parameters"], "train_min": spent_minutes(run_dir) or (time.time() - start) / 60,

@@ -77,7 +77,8 @@ def test_a_diverged_preset_is_recorded_and_the_run_goes_on(tmp_path, capsys, mon
 
     def train(cfg, **kw):
         if "gated-deltanet" in cfg.run.out_dir:
-            raise trainer.TrainingError("non-finite gradient norm inf at step 2; the last good checkpoint is intact")
+            raise trainer.TrainingError("non-finite gradient norm inf at step 2; the last good checkpoint is intact",
+                                        step=2)
         return real_train(cfg, **kw)
     monkeypatch.setattr(trainer, "train", train)
     args = ["--tiny", "--lengths", "512", "--variants", "niah_single_1", "--threads", "1", "--out-dir", str(tmp_path)]

@@ -26,7 +26,11 @@ from .optim import build_optimizer, lr_at
 
 
 class TrainingError(RuntimeError):
-    """A run that cannot go on (non-finite loss with run.on_nan=stop)."""
+    """A run that cannot go on (non-finite loss with run.on_nan=stop); `step`: the step it stopped at."""
+
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step
 
 
 @dataclass
@@ -361,7 +365,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
                 raise TrainingError(f"the parameters are non-finite (NaN or inf) at step {step} (the forward pass "
                                     f"failed: {err}); run.on_nan=skip cannot recover from that; the last checkpoint in "
                                     f"{run_dir} is intact; fix: train again with a lower optim.lr (--overwrite, "
-                                    "or another run.out_dir)") from err
+                                    "or another run.out_dir)", step) from err
             loss_sum += loss.detach() / o.grad_accum
         if d.world > 1:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
@@ -375,7 +379,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
             what = f"gradient norm {float(grad_norm)}" if bad_grad else f"loss {loss_sum.item()}"
             if cfg.run.on_nan == "stop":
                 raise TrainingError(f"non-finite {what} at step {step}; the last good checkpoint "
-                                    f"in {run_dir} is intact (resume with --resume, or set run.on_nan=skip)")
+                                    f"in {run_dir} is intact (resume with --resume, or set run.on_nan=skip)", step)
             skipped += 1
             step += 1
             continue

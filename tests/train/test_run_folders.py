@@ -197,8 +197,9 @@ def test_a_forward_pass_on_non_finite_weights_is_a_training_error_not_a_gate_err
     real = trainer_module.lr_at
     monkeypatch.setattr(trainer_module, "lr_at",
                         lambda step, o, *rest: float("inf") if step == 1 else real(step, o, *rest))
-    with pytest.raises(TrainingError, match="parameters are non-finite .* at step 2"):
+    with pytest.raises(TrainingError, match="parameters are non-finite .* at step 2") as stopped:
         train(config(tmp_path / "run", "optim.steps=4", "run.on_nan=skip"))
+    assert stopped.value.step == 2
 
 
 def test_a_non_finite_gradient_norm_is_handled_by_on_nan_before_the_update(tmp_path, monkeypatch):
@@ -211,8 +212,9 @@ def test_a_non_finite_gradient_norm_is_handled_by_on_nan_before_the_update(tmp_p
         return norm * float("inf") if calls["n"] == 2 else norm
 
     monkeypatch.setattr(trainer_module.torch.nn.utils, "clip_grad_norm_", inf_once)
-    with pytest.raises(TrainingError, match="non-finite gradient norm inf at step 1"):
+    with pytest.raises(TrainingError, match="non-finite gradient norm inf at step 1") as stopped:
         train(config(tmp_path / "stop", "optim.steps=3"))
+    assert stopped.value.step == 1
     calls["n"] = 0
     summary = train(config(tmp_path / "skip", "optim.steps=3", "run.on_nan=skip"))
     assert summary["skipped"] == 1 and math.isfinite(summary["loss"])

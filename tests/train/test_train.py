@@ -106,8 +106,9 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, mo
         return loss * float("nan") if count["n"] == 4 else loss
 
     monkeypatch.setattr(trainer_module, "cross_entropy", poisoned)
-    with pytest.raises(TrainingError, match="non-finite loss nan at step 3"):
+    with pytest.raises(TrainingError, match="non-finite loss nan at step 3") as stopped:
         train(cfg)
+    assert stopped.value.step == 3
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000002"]
 
 
