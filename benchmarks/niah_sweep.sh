@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # S-NIAH: train each preset at 1K tokens on the pass-key task (7-digit number in the repeated-noise haystack,
-# random depth, byte tokenizer), then score exact-match retrieval at 1K, 2K, 4K, 8K and 5 depths.
+# random depth, byte tokenizer), then score retrieval (RULER's string match, `miras eval`) at 1K, 2K, 4K, 8K
+# and 5 depths.
 #
 #   bash benchmarks/niah_sweep.sh [MINUTES] [PRESETS...]       (defaults: 6 minutes; 5 presets)
 #

@@ -57,6 +57,7 @@ import torch  # noqa: E402
 
 from miras.space import ConfigError, get_preset, list_presets  # noqa: E402
 from miras.errors import require  # noqa: E402
+from miras.train.denormals import denormals_flushed  # noqa: E402
 
 _W0, _LR01 = {"spec": {"retention": {"toward": "init"}}}, {"lr_max": 0.01}
 VARIANTS = {  # named model variants; -conv: a depthwise convolution (kernel 4) on attention's q, k, v
@@ -600,7 +601,11 @@ def run(c: RecallConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    with denormals_flushed():            # as `miras`: before any parallel op (miras/train/denormals.py)
+        return _main(sys.argv[1:] if argv is None else argv)
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["--stream-worker"]:
         print(json.dumps(stream_length(**json.loads(argv[1]))), flush=True)
         return 0

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from .train.denormals import denormals_flushed
+
 
 def _int_list(text: str) -> list[int]:
     """`--lengths 1024,2048` -> [1024, 2048] (the range is checked by the command)."""
@@ -195,6 +197,11 @@ def _plot(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with denormals_flushed():            # before any parallel op, so that every CPU thread takes it (denormals.py)
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="miras", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     presets = sub.add_parser("presets", help="list the named models and their four axes; with a NAME, its spec as a "

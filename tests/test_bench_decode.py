@@ -43,3 +43,20 @@ def test_cli_forwards_flags(tmp_path, capsys):
     out = tmp_path / "cli.json"
     cli_main(["bench", "decode", "--presets", "mamba2", "--contexts", "16", "--steps", "1", "--out", str(out)])
     assert "| mamba2 | fixed |" in capsys.readouterr().out and out.exists()
+
+
+def test_dispatch_calls_split_by_package():
+    """The per-token call count is split by the miras package that issued each call, and is the same every time."""
+    import torch
+
+    from miras.bench.decode import build_model, dispatch_calls
+    model = build_model("gated-deltanet")
+    token = torch.zeros(1, 1, dtype=torch.long)
+    with torch.no_grad():
+        _, states = model(torch.zeros(1, 8, dtype=torch.long))
+        calls = dispatch_calls(model, states, token, steps=2)
+        again = dispatch_calls(model, states, token, steps=2)
+    assert calls == again
+    assert calls["total"] == calls["op"] + calls["layer"] + calls["block"] + calls["other"]
+    # the memory step, the layer around it, the blocks; "other" is the benchmark's own slice and argmax of the logits
+    assert calls["op"] > 20 and calls["layer"] > 50 and calls["block"] > 20 and calls["other"] == 2

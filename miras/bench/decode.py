@@ -12,7 +12,11 @@ eval mode under torch.no_grad, random token ids:
     one token in chunk_size);
   - state: total bytes of every tensor of the state tree at L (`flatten_tensors`, logical size numel x
     element size, Python numbers as 0-dim tensors): constant for recurrent presets, the KV cache grows with L;
-  - peak RSS during the context's prefill + decode minus the RSS before it (sampled every 10 ms).
+  - peak RSS during the context's prefill + decode minus the RSS before it (sampled every 10 ms);
+  - dispatcher calls per token (untimed, after the timings at the smallest context): the ATen calls of
+    `CALL_STEPS` decode steps over their number, views included, split by the miras package that issued each
+    (`ops` and `space`: the memory op; `layers`: the mixer around it; `models`: blocks, norms, MLP, head). On
+    CPU at this size a call costs microseconds whatever its tensors, so this count explains most of the latency.
 The decode ratio divides the median ms/token at the largest measured context by that at the smallest; for a
 recurrent preset (no full-attention layer) it should stay <= 1.1 (the target) when the range spans 1K..32K.
 Per-preset time cap: once a preset has run `--max-seconds`, or its next context's prefill would take it past
@@ -22,6 +26,7 @@ in progress that crosses the cap is abandoned and skipped too. The smallest cont
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -30,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..models.config import MirasConfig
 from ..models.lm import MirasLM
@@ -45,6 +51,9 @@ DTYPE = torch.float32
 SKIPPED = "skipped (> cap)"
 TARGET_RATIO = 1.1
 RSS_INTERVAL = 0.01
+CALL_STEPS = 16
+_PACKAGE = str(Path(__file__).resolve().parents[1]) + os.sep
+_PARTS = {"ops": "op", "space": "op", "layers": "layer", "models": "block"}
 
 
 def build_model(preset: str, seed: int = 0) -> MirasLM:
@@ -102,6 +111,37 @@ def decode(model: MirasLM, states, first_token: torch.Tensor, steps: int, warmup
     return times
 
 
+class _CallCounter(TorchDispatchMode):
+    """Counts the ATen calls dispatched inside it by part (_PARTS: the miras package of the innermost miras frame
+    that issued the call; "other" when none did)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        frame, part = sys._getframe(1), "other"
+        while frame is not None:
+            name = frame.f_code.co_filename
+            if name.startswith(_PACKAGE):
+                part = _PARTS.get(name[len(_PACKAGE):].split(os.sep)[0], "other")
+                break
+            frame = frame.f_back
+        self.calls[part] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def dispatch_calls(model: MirasLM, states, first_token: torch.Tensor, steps: int = CALL_STEPS) -> dict:
+    """ATen calls per greedy decode step from `states` (mean over `steps`), in total and by part (_CallCounter)."""
+    token, counter = first_token, _CallCounter()
+    with counter:
+        for _ in range(steps):
+            logits, states = model(token, states)
+            token = logits[:, -1:].argmax(-1)
+    calls = {part: counter.calls[part] / steps for part in ("op", "layer", "block", "other")}
+    return {"total": sum(calls.values()), **calls}
+
+
 def _skipped(L: int) -> dict:
     return {"context": L, "status": SKIPPED}
 
@@ -114,7 +154,7 @@ def bench_preset(name: str, contexts: list[int], steps: int, warmup: int, piece:
     model = build_model(name)
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, VOCAB, (BATCH, contexts[-1] + 1), generator=gen)
-    records, states, done = [], None, 0
+    records, states, done, calls = [], None, 0, None
     cum_prefill, last_rate, skip = 0.0, None, False
     with torch.no_grad():
         _, warm = model(ids[:, :min(piece, contexts[0])])          # first-call overheads, not timed
@@ -135,6 +175,8 @@ def bench_preset(name: str, contexts: list[int], steps: int, warmup: int, piece:
                     last_rate, done = last_s / last_n, L
                     nbytes = state_bytes(states)
                     times = decode(model, _clone(states), ids[:, L:L + 1], steps, warmup)
+                    if idx == 0:
+                        calls = dispatch_calls(model, _clone(states), ids[:, L:L + 1])
             except _CapExceeded:
                 skip = True
                 states = None
@@ -153,7 +195,7 @@ def bench_preset(name: str, contexts: list[int], steps: int, warmup: int, piece:
     ratio = ok[-1]["decode_ms"] / ok[0]["decode_ms"] if len(ok) > 1 else None
     recurrent = is_recurrent(model)
     return {"preset": name, "block": get_preset(name).block, "pattern": model.config.pattern, "recurrent": recurrent,
-            "params": model.num_parameters(), "contexts": records, "decode_ratio": ratio,
+            "params": model.num_parameters(), "contexts": records, "calls_per_token": calls, "decode_ratio": ratio,
             "decode_ratio_contexts": [ok[0]["context"], ok[-1]["context"]] if len(ok) > 1 else None,
             "meets_target": (ratio <= TARGET_RATIO) if recurrent and ratio is not None else None,
             "seconds": time.perf_counter() - start}
@@ -186,7 +228,8 @@ def format_table(result: dict) -> str:
     cfg, mach = result["config"], result["machine"]
     contexts = cfg["contexts"]
     heads = ([f"prefill tok/s {_ctx(L)}" for L in contexts] + [f"decode ms/tok {_ctx(L)}" for L in contexts]
-             + [f"decode {_ctx(contexts[-1])}/{_ctx(contexts[0])}"] + [f"state MiB {_ctx(L)}" for L in contexts])
+             + [f"decode {_ctx(contexts[-1])}/{_ctx(contexts[0])}"] + [f"state MiB {_ctx(L)}" for L in contexts]
+             + ["ATen calls/token (op / layer / block)"])
     lines = ["| preset | state | " + " | ".join(heads) + " |", "|---|---|" + "---:|" * len(heads)]
     for p in result["presets"]:
         by = {r["context"]: r for r in p["contexts"]}
@@ -202,7 +245,8 @@ def format_table(result: dict) -> str:
             ratio += " !"
         cells = ([cell(L, lambda r: _num(r["prefill_tok_s"])) for L in contexts]
                  + [cell(L, lambda r: f"{r['decode_ms']:.2f}") for L in contexts] + [ratio]
-                 + [cell(L, lambda r: f"{r['state_mib']:.2f}") for L in contexts])
+                 + [cell(L, lambda r: f"{r['state_mib']:.2f}") for L in contexts]
+                 + [_calls(p["calls_per_token"])])
         kind = "fixed" if p["recurrent"] else "KV cache"
         lines.append(f"| {p['preset']} | {kind} | " + " | ".join(cells) + " |")
     lines += ["", f"MirasLM d_model {cfg['d_model']}, {cfg['heads']} heads, {cfg['n_layers']} layers, vocab "
@@ -216,10 +260,17 @@ def format_table(result: dict) -> str:
               f"every fixed-state preset, '!' marks one above it.",
               "State MiB: every tensor of the state tree at the context (flatten_tensors); 'fixed' = no "
               "full-attention layer (sliding-window KV caches stop growing at the window).",
+              f"ATen calls/token: dispatcher calls (views included) per decode step from the state at "
+              f"{_ctx(contexts[0])}, mean of {CALL_STEPS} steps, by the miras package that issued them: the memory "
+              f"op (ops, space), the mixer layer around it (layers), the blocks, norms, MLPs and head (models).",
               f"skipped: the preset's {cfg['max_seconds']:g} s cap was reached, or would be by this context's prefill.",
               f"Load average (1 min) at start / end: {mach['loadavg_start'][0]:.1f} / {mach['loadavg_end'][0]:.1f} "
               f"on {mach['cores']} cores (a load above the thread count means other processes shared the CPU)."]
     return "\n".join(lines)
+
+
+def _calls(c: dict | None) -> str:
+    return "-" if c is None else f"{c['total']:.0f} ({c['op']:.0f} / {c['layer']:.0f} / {c['block']:.0f})"
 
 
 def _ints(s: str) -> list[int]:

@@ -22,6 +22,7 @@ from ..errors import ConfigError, require
 from .checkpoint import check_states, list_checkpoints, load_newest, read_checkpoint, restore_rng, save_checkpoint
 from .config import RunConfig, resume_differences
 from .data import build_data
+from .denormals import denormals_flushed
 from .optim import build_optimizer, lr_at
 
 
@@ -284,8 +285,13 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> dict
     resume=True continues the run in cfg.run.out_dir from its newest intact checkpoint (an older one, with a
     warning, when the newest is corrupt); cfg may differ from the run's config.json only in the fields of
     config.RESUMABLE. A fresh run (resume=False) needs an empty run folder unless overwrite=True. Everything is
-    checked before anything is written.
+    checked before anything is written. Denormal floats are flushed to zero while it runs (denormals.py).
     """
+    with denormals_flushed():
+        return _train(cfg, resume, overwrite)
+
+
+def _train(cfg: RunConfig, resume: bool, overwrite: bool) -> dict:
     d = init_distributed(cfg.run.device)
     device = resolve_device(cfg, d)
     if cfg.run.threads:
