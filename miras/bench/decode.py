@@ -133,11 +133,9 @@ class _CallCounter(TorchDispatchMode):
 
 def dispatch_calls(model: MirasLM, states, first_token: torch.Tensor, steps: int = CALL_STEPS) -> dict:
     """ATen calls per greedy decode step from `states` (mean over `steps`), in total and by part (_CallCounter)."""
-    token, counter = first_token, _CallCounter()
+    counter = _CallCounter()
     with counter:
-        for _ in range(steps):
-            logits, states = model(token, states)
-            token = logits[:, -1:].argmax(-1)
+        decode(model, states, first_token, steps, 0)
     calls = {part: counter.calls[part] / steps for part in ("op", "layer", "block", "other")}
     return {"total": sum(calls.values()), **calls}
 
